@@ -1,0 +1,54 @@
+"""Stage ``download``: fetch the export from storage into the import's scratch dir.
+
+The checkpoint records where the file landed and its SHA-256. The next stage
+may run on another machine: :func:`local_export` fetches the file again when
+it is not on this one (or changed), which is cheap next to re-running the pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from pathlib import Path
+
+from jobs.context import StageContext, StageResult
+from worker.storage import FetchedExport, fetch_export
+
+
+async def download(ctx: StageContext) -> StageResult:
+    fetched = await fetch_export(
+        ctx.imp.storage_path, str(ctx.imp.user_id), ctx.settings, ctx.workdir
+    )
+    await ctx.report_progress(1, 1)
+    return StageResult(output=_pointer(fetched))
+
+
+async def local_export(ctx: StageContext) -> Path:
+    """The export file on this machine, fetched again if missing or different."""
+    pointer = ctx.outputs.get("download", {})
+    path = Path(pointer["path"]) if pointer.get("path") else None
+    if path is not None and path.is_file() and _sha256(path) == pointer.get("sha256"):
+        return path
+    fetched = await fetch_export(
+        ctx.imp.storage_path, str(ctx.imp.user_id), ctx.settings, ctx.workdir
+    )
+    refreshed: Path = fetched.path
+    return refreshed
+
+
+def _pointer(fetched: FetchedExport) -> dict[str, object]:
+    return {
+        "path": str(fetched.path),
+        "size": fetched.size,
+        "sha256": fetched.sha256,
+        "source": fetched.source,
+        "host": socket.gethostname(),
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

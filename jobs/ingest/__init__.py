@@ -1,0 +1,1 @@
+"""Reading exports: containers, formats, normalised conversations and chunking."""

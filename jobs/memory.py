@@ -1,0 +1,46 @@
+"""Stage ``memory``: one model call turns the reduced facts into MEMORY markdown.
+
+MEMORY always has exactly the five sections (an empty one says "No data
+yet."). When the call keeps failing, a minimal MEMORY is rendered from the
+facts instead and the failure is recorded in the checkpoint: the pass still
+completes with everything the facts hold.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from jobs.context import StageContext, StageResult
+from jobs.reduce import facts_from_stage_output
+from worker.llm.base import LLMError
+from worker.llm.parse import fallback_memory, normalise_memory
+from worker.redact import error_text
+
+logger = logging.getLogger("fullpass.memory")
+
+
+async def memory(ctx: StageContext) -> StageResult:
+    facts = facts_from_stage_output(ctx.outputs.get("reduce", {}))
+    try:
+        result = await ctx.llm.write_memory(facts)
+    except LLMError as exc:
+        message = error_text(exc)
+        logger.warning(
+            "MEMORY call failed, writing the fallback MEMORY: %s",
+            message,
+            extra={"import_id": str(ctx.imp.id), "stage": ctx.stage},
+        )
+        text = fallback_memory(facts)
+        await ctx.report_progress(1, 1)
+        return StageResult(
+            output={"memory_md": text, "fallback": True, "error": message, "model": None}
+        )
+    await ctx.record_usage(result.usage)
+    await ctx.report_progress(1, 1)
+    return StageResult(
+        output={
+            "memory_md": normalise_memory(result.value, facts),
+            "fallback": False,
+            "model": result.model or ctx.llm.model,
+        }
+    )

@@ -1,0 +1,261 @@
+"""Stage ``reduce``: merge every chunk's facts into one deduplicated set.
+
+Facts carry the date of their conversation and the chunk(s) they came from.
+Exact and normalised duplicates collapse into one fact whose ``sources`` list
+every chunk that stated it. Where two facts are about the same thing (a project
+of the same name, an event of the same name, "X over Y" against "Y over X"),
+the most recent wins and keeps what it replaced as ``previously``. Only when
+the merged facts are still too large for one MEMORY call (150K tokens by
+default) does the model consolidate them, in ~50K-token batches, recursively.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from jobs.context import StageContext, StageResult
+from worker import queries
+from worker.llm.base import DateFact, Decision, Facts, Project
+
+MAX_TOKENS = 150_000
+BATCH_TOKENS = 50_000
+MAX_ROUNDS = 6
+CATEGORIES = ("preferences", "projects", "dates", "beliefs", "decisions")
+
+_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
+_OVER = re.compile(r"\bprefer(?:s|red)?\s+(.+?)\s+(?:over|to)\s+(.+?)[.!]?$", re.IGNORECASE)
+
+
+def normalise(text: str) -> str:
+    """Casefolded, punctuation-free, single-spaced: the key for duplicates."""
+    return " ".join(_PUNCT.sub(" ", text.casefold()).split())
+
+
+@dataclass(slots=True)
+class Fact:
+    """One reduced fact with its provenance."""
+
+    category: str
+    fields: dict[str, str]
+    #: The date of the conversation that stated it (ISO), for "most recent wins".
+    date: str | None
+    sources: list[str] = field(default_factory=list)
+    previously: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        return " — ".join(v for v in self.fields.values() if v)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.fields, "as_of": self.date, "sources": self.sources}
+        if self.previously:
+            out["previously"] = self.previously
+        return out
+
+
+class FactSet:
+    """Facts keyed by what they are about; adding a fact merges or supersedes."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str], Fact] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def add(self, fact: Fact) -> None:
+        key = (fact.category, _subject(fact))
+        old = self._by_key.get(key)
+        if old is None:
+            self._by_key[key] = fact
+            return
+        same = normalise(old.text()) == normalise(fact.text())
+        newer, older = (fact, old) if (fact.date or "") >= (old.date or "") else (old, fact)
+        merged_sources = list(dict.fromkeys([*older.sources, *newer.sources]))
+        previously = list(dict.fromkeys([*older.previously, *newer.previously]))
+        if not same and older.text() not in previously:
+            previously.append(older.text())
+        self._by_key[key] = Fact(
+            newer.category,
+            newer.fields,
+            newer.date,
+            merged_sources,
+            [p for p in previously if normalise(p) != normalise(newer.text())],
+        )
+
+    def facts(self) -> list[Fact]:
+        return sorted(
+            self._by_key.values(), key=lambda f: (CATEGORIES.index(f.category), f.date or "")
+        )
+
+    def to_json(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {c: [] for c in CATEGORIES}
+        for fact in self.facts():
+            out[fact.category].append(fact.as_json())
+        return out
+
+    def to_facts(self) -> Facts:
+        """The plain fact JSON (what the model sees), with "previously" folded in."""
+        out = Facts()
+        for f in self.facts():
+            note = f" (previously: {'; '.join(f.previously)})" if f.previously else ""
+            when = f" [{f.date}]" if f.date else ""
+            if f.category in ("preferences", "beliefs"):
+                getattr(out, f.category).append(f.fields["text"] + note)
+            elif f.category == "projects":
+                out.projects.append(
+                    Project(
+                        name=f.fields["name"],
+                        description=f.fields["description"],
+                        details=(f.fields["details"] + note).strip(),
+                    )
+                )
+            elif f.category == "dates":
+                out.dates.append(DateFact(event=f.fields["event"] + note, date=f.fields["date"]))
+            else:
+                out.decisions.append(
+                    Decision(
+                        decision=f.fields["decision"] + when,
+                        context=(f.fields["context"] + note).strip(),
+                    )
+                )
+        return out
+
+    def tokens(self) -> int:
+        return len(json.dumps(self.to_facts().model_dump())) // 4 + 1
+
+
+def _subject(fact: Fact) -> str:
+    """What a fact is about: two facts with the same subject contradict or repeat."""
+    if fact.category == "projects":
+        return normalise(fact.fields["name"]) or normalise(fact.text())
+    if fact.category == "dates":
+        return normalise(fact.fields["event"]) or normalise(fact.text())
+    if fact.category == "decisions":
+        return normalise(fact.fields["decision"])
+    text = fact.fields["text"]
+    m = _OVER.search(text)
+    if m:  # "prefer A over B" and "prefer B over A" are about the same choice
+        return "prefer:" + "|".join(sorted([normalise(m.group(1)), normalise(m.group(2))]))
+    return normalise(text)
+
+
+def facts_from_json(category_items: Facts, *, date: str | None, source: str | None) -> list[Fact]:
+    """Flatten one extraction answer into provenance-carrying facts (empty ones dropped)."""
+    sources = [source] if source else []
+    out: list[Fact] = []
+    for text in category_items.preferences:
+        out.append(Fact("preferences", {"text": text}, date, list(sources)))
+    for text in category_items.beliefs:
+        out.append(Fact("beliefs", {"text": text}, date, list(sources)))
+    for p in category_items.projects:
+        fields = {"name": p.name, "description": p.description, "details": p.details}
+        out.append(Fact("projects", fields, date, list(sources)))
+    for d in category_items.dates:
+        out.append(Fact("dates", {"event": d.event, "date": d.date}, date, list(sources)))
+    for c in category_items.decisions:
+        out.append(
+            Fact("decisions", {"decision": c.decision, "context": c.context}, date, list(sources))
+        )
+    return [f for f in out if normalise(f.text())]
+
+
+async def reduce(ctx: StageContext) -> StageResult:
+    facts = FactSet()
+    async with ctx.pool.connection() as conn:
+        cursor = await conn.execute(queries.CHUNK_FACTS_WITH_DATES, {"import_id": ctx.imp.id})
+        n_chunks = 0
+        async for row in cursor:
+            n_chunks += 1
+            when: datetime | None = row["created_at"]
+            parsed = Facts.model_validate(row["facts"] or {})
+            for fact in facts_from_json(
+                parsed, date=when.date().isoformat() if when else None, source=row["chunk_id"]
+            ):
+                facts.add(fact)
+    merged = len(facts)
+    max_tokens = int(ctx.option("reduce_max_tokens", MAX_TOKENS))
+    batch_tokens = int(ctx.option("reduce_batch_tokens", BATCH_TOKENS))
+    rounds = 0
+    while facts.tokens() > max_tokens and rounds < MAX_ROUNDS:
+        rounds += 1
+        smaller = await _consolidate(ctx, facts, batch_tokens)
+        if len(smaller) >= len(facts):
+            break  # the model no longer shrinks the set: stop rather than loop
+        facts = smaller
+        await ctx.ensure_current()
+    await ctx.report_progress(1, 1)
+    return StageResult(
+        output={
+            "facts": facts.to_json(),
+            "fact_count": len(facts),
+            "merged_from_chunks": n_chunks,
+            "after_dedup": merged,
+            "consolidation_rounds": rounds,
+            "tokens": facts.tokens(),
+        },
+        fact_count=len(facts),
+    )
+
+
+async def _consolidate(ctx: StageContext, facts: FactSet, batch_tokens: int) -> FactSet:
+    """One round of model consolidation over batches of ~``batch_tokens``."""
+    batches: list[list[Fact]] = [[]]
+    size = 0
+    for fact in facts.facts():
+        cost = len(json.dumps(fact.fields)) // 4 + 8
+        if size + cost > batch_tokens and batches[-1]:
+            batches.append([])
+            size = 0
+        batches[-1].append(fact)
+        size += cost
+    out = FactSet()
+    for i, batch in enumerate(batches, 1):
+        part = FactSet()
+        for fact in batch:
+            part.add(fact)
+        result = await ctx.llm.consolidate(part.to_facts())
+        await ctx.record_usage(result.usage)
+        for fact in facts_from_json(result.value, date=None, source=None):
+            _inherit(fact, batch)
+            out.add(fact)
+        await ctx.report_progress(i, len(batches))
+    return out
+
+
+def _inherit(fact: Fact, originals: list[Fact]) -> None:
+    """Give a consolidated fact the date and sources of the inputs it came from."""
+    words = set(normalise(fact.text()).split())
+    best: list[Fact] = []
+    best_score = 0.0
+    for o in originals:
+        if o.category != fact.category:
+            continue
+        other = set(normalise(o.text()).split())
+        score = len(words & other) / (len(words | other) or 1)
+        if score > best_score + 1e-9:
+            best, best_score = [o], score
+        elif abs(score - best_score) <= 1e-9 and score > 0:
+            best.append(o)
+    if best_score >= 0.3:
+        fact.sources = list(dict.fromkeys(s for o in best for s in o.sources))
+        fact.date = max((o.date for o in best if o.date), default=None)
+
+
+def facts_from_stage_output(output: dict[str, Any]) -> Facts:
+    """The reduce checkpoint's facts as the plain fact JSON later stages send to the model."""
+    facts = FactSet()
+    for category, items in (output.get("facts") or {}).items():
+        if category not in CATEGORIES:
+            continue
+        for item in items:
+            fields = {k: str(v) for k, v in item.items() if k not in _META and v is not None}
+            fact = Fact(category, fields, item.get("as_of"), list(item.get("sources") or []))
+            fact.previously = list(item.get("previously") or [])
+            facts.add(fact)
+    return facts.to_facts()
+
+
+_META = frozenset({"as_of", "sources", "previously"})

@@ -1,0 +1,131 @@
+"""Helpers shared by the database and pipeline tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import REPO, query
+from worker.service import run_worker
+from worker.settings import Settings
+
+GEN_EXPORT = REPO.parent / "shared" / "tools" / "gen_export.py"
+SAMPLE = REPO / "worker" / "samples" / "sample-export.zip"
+
+
+def gen_export(out: Path, *args: str) -> Path:
+    """Run the export generator (see ../shared/tools/gen_export.py) into ``out``."""
+    subprocess.run(
+        [sys.executable, str(GEN_EXPORT), *args, "-o", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def place_export(
+    settings: Settings, user_id: uuid.UUID, source: Path, name: str | None = None
+) -> str:
+    """Copy an export into the local storage dir; return its storage_path."""
+    storage_path = f"user-imports/{user_id}/{name or source.name}"
+    target = settings.resolved_storage_dir / storage_path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return storage_path
+
+
+def insert_import(
+    dsn: str, user_id: uuid.UUID, storage_path: str, options: str = "{}"
+) -> uuid.UUID:
+    rows = query(
+        dsn,
+        "insert into public.imports (user_id, storage_path, options) values (%s, %s, %s::jsonb)"
+        " returning id",
+        (user_id, storage_path, options),
+    )
+    return uuid.UUID(str(rows[0]["id"]))
+
+
+def submit(
+    settings: Settings, user_id: uuid.UUID, source: Path = SAMPLE, options: str = "{}"
+) -> uuid.UUID:
+    assert settings.database_url
+    return insert_import(
+        settings.database_url, user_id, place_export(settings, user_id, source), options
+    )
+
+
+def import_row(dsn: str, import_id: uuid.UUID) -> dict[str, Any]:
+    return query(dsn, "select * from public.imports where id = %s", (import_id,))[0]
+
+
+def progress_row(dsn: str, import_id: uuid.UUID) -> dict[str, Any]:
+    return query(dsn, "select * from public.import_progress where import_id = %s", (import_id,))[0]
+
+
+def stage_rows(dsn: str, import_id: uuid.UUID) -> dict[str, dict[str, Any]]:
+    rows = query(
+        dsn,
+        "select * from public.import_stages where import_id = %s order by position",
+        (import_id,),
+    )
+    return {r["stage"]: r for r in rows}
+
+
+def jobs_of(dsn: str, import_id: uuid.UUID) -> list[dict[str, Any]]:
+    return query(
+        dsn,
+        "select id, task_name, status, args, attempts from procrastinate_jobs"
+        " where queueing_lock = %s order by id",
+        (str(import_id),),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    settings: Settings, concurrency: int = 2
+) -> AsyncIterator[asyncio.Task[None]]:
+    """A real worker (procrastinate, LISTEN/NOTIFY, sweeper) in this event loop."""
+    task = asyncio.create_task(
+        run_worker(
+            settings,
+            concurrency=concurrency,
+            install_signal_handlers=False,
+            shutdown_graceful_timeout=2.0,
+        )
+    )
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def wait_status(
+    dsn: str,
+    import_id: uuid.UUID,
+    statuses: tuple[str, ...],
+    timeout: float = 60.0,
+    worker: asyncio.Task[None] | None = None,
+) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        row = import_row(dsn, import_id)
+        if row["status"] in statuses:
+            return row
+        if worker is not None and worker.done():
+            worker.result()
+            raise AssertionError("worker stopped")
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(
+                f"import {import_id} still {row['status']} at {row['stage']}: {row['error']}"
+            )
+        await asyncio.sleep(0.1)

@@ -1,0 +1,1 @@
+"""fullpass worker: settings, database, queue wiring, CLI and clients."""

@@ -1,0 +1,65 @@
+"""``fullpass demo`` (``make demo``): the whole pipeline on the bundled sample.
+
+Migrates the database (the embedded server when ``DATABASE_URL`` is unset),
+submits the sample export for a fresh demo user, runs a worker in this process
+while showing live progress, and prints the MEMORY it produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+
+from worker import migrate, operator
+from worker.db import connect, resolve_dsn
+from worker.service import run_worker
+from worker.settings import Settings
+
+SAMPLE = Path(__file__).parent / "samples" / "sample-export.zip"
+
+
+async def run(settings: Settings, file: Path | None = None) -> int:
+    console = Console()
+    dsn = resolve_dsn(settings)
+    console.print(f"[bold]database[/]: {'DATABASE_URL' if settings.database_url else dsn}")
+    await asyncio.to_thread(migrate.upgrade, dsn)
+    user = uuid.uuid4()
+    export = file or SAMPLE
+    import_id = await operator.submit(settings, export, user, "user-imports", {})
+    console.print(f"[bold]submitted[/] {export.name} for user {user}: import {import_id}")
+    worker = asyncio.create_task(
+        run_worker(settings, dsn=dsn, install_signal_handlers=False, concurrency=2)
+    )
+    status = "pending"
+    try:
+        async with connect(dsn) as conn:
+            progress, stages = await operator.snapshot(conn, import_id)
+            assert progress is not None
+            with Live(operator.import_panel(progress, stages), console=console) as live:
+                while progress["status"] not in operator.TERMINAL:
+                    if worker.done():
+                        worker.result()  # surfaces the worker's error
+                    await asyncio.sleep(0.5)
+                    progress, stages = await operator.snapshot(conn, import_id)
+                    assert progress is not None
+                    live.update(operator.import_panel(progress, stages))
+            status = progress["status"]
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+    if status != "complete":
+        console.print(f"[red]import ended {status}[/]")
+        return 1
+    text = await operator.memory(settings, import_id)
+    console.rule("MEMORY")
+    console.print(text or "", markup=False, highlight=False)
+    console.rule()
+    console.print(
+        f"import {import_id} complete: inspect it with `fullpass status {import_id}` "
+        "or query public.import_progress"
+    )
+    return 0

@@ -1,0 +1,29 @@
+"""Language-model providers behind one protocol (:mod:`worker.llm.base`)."""
+
+from __future__ import annotations
+
+import logging
+
+from worker.llm.base import LLMProvider
+from worker.settings import Settings
+
+logger = logging.getLogger("fullpass.llm")
+
+
+def make_provider(settings: Settings) -> LLMProvider:
+    """The provider ``FULLPASS_LLM`` selects (``offline`` unless an API key is set)."""
+    if settings.llm == "anthropic":
+        if settings.anthropic_api_key is None:
+            raise ValueError("FULLPASS_LLM=anthropic needs ANTHROPIC_API_KEY")
+        from worker.llm.anthropic_provider import AnthropicProvider
+
+        return AnthropicProvider(settings)
+    from worker.llm.offline import OfflineProvider
+
+    provider: LLMProvider = OfflineProvider()
+    logger.warning(
+        "LLM provider: OFFLINE (%s). Facts, MEMORY and sections come from deterministic "
+        "rules, not from a language model. Set ANTHROPIC_API_KEY to use Claude.",
+        provider.model,
+    )
+    return provider

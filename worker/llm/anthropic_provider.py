@@ -1,0 +1,554 @@
+"""Claude through the official ``anthropic`` SDK.
+
+The SDK's own retries are switched off (``max_retries=0``) because this
+provider needs more than they offer: every attempt goes through an adaptive
+limiter that shrinks on 429/529 and shares the server's ``retry-after`` with
+all other callers, usage is summed over every attempt that returned a body,
+and an unusable answer (garbage instead of the tool call) is retried once with
+a corrective note. Errors are :class:`~worker.llm.base.LLMError` with messages
+scrubbed of anything that looks like an API key, because they end up in the
+``error`` columns operators read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import email.utils
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar, cast
+
+import anthropic
+from anthropic.types import Message
+
+from worker.llm.base import (
+    ExtractionInput,
+    Facts,
+    LLMError,
+    LLMResult,
+    Sections,
+    Usage,
+)
+from worker.llm.limiter import AdaptiveLimiter, Permit, global_limiter
+from worker.llm.parse import (
+    BadAnswer,
+    answer_text,
+    memory_sections,
+    normalise_memory,
+    parse_facts,
+    parse_sections,
+)
+from worker.llm.prompts import (
+    CONSOLIDATION_SYSTEM,
+    EXTRACTION_SYSTEM,
+    MEMORY_SYSTEM,
+    RECORD_FACTS,
+    RECORD_FACTS_TOOL,
+    SECTIONS_SYSTEM,
+    WRITE_SECTIONS,
+    WRITE_SECTIONS_TOOL,
+    consolidation_message,
+    corrective_note,
+    extraction_message,
+    memory_message,
+    sections_message,
+)
+from worker.settings import Settings
+
+logger = logging.getLogger("fullpass.llm")
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+EXTRACT_MAX_TOKENS: Final = 4096
+CONSOLIDATE_MAX_TOKENS: Final = 16_000
+MEMORY_MAX_TOKENS: Final = 8192
+SECTIONS_MAX_TOKENS: Final = 8192
+EXTRACT_TEMPERATURE: Final = 0.3
+MEMORY_TEMPERATURE: Final = 0.5
+#: Input budget of the sections call (~4 chars a token): MEMORY plus excerpts
+#: stay well inside a 200K-token context window with room for the answer.
+SECTIONS_BUDGET_CHARS: Final = 120_000 * 4
+#: The Message Batches API's limits on one batch and on a ``custom_id``.
+MAX_BATCH_REQUESTS: Final = 100_000
+_CUSTOM_ID: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+#: 4xx statuses that are about the account or configuration, not the request.
+_SERVICE_STATUSES: Final = frozenset({401, 402, 403, 404})
+
+#: ``_Answer.problem`` when the model refused the ``temperature`` parameter.
+_SAMPLING_REJECTED: Final = "temperature rejected"
+
+_KEY_LIKE: Final = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
+_MAX_ERROR_CHARS: Final = 300
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` without the given secrets or anything shaped like an Anthropic key."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _KEY_LIKE.sub("sk-ant-[redacted]", text)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The server's requested wait: ``retry-after-ms``, ``retry-after`` seconds or date."""
+    try:
+        return max(0.0, float(headers["retry-after-ms"]) / 1000)
+    except (KeyError, TypeError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+
+
+def usage_of(message: Message) -> Usage:
+    """The token usage of one answer, as one call."""
+    usage = getattr(message, "usage", None)
+    if usage is None:
+        return Usage()
+    return Usage(
+        input_tokens=int(getattr(usage, "input_tokens", 0) or 0),
+        output_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+        cache_read_tokens=int(getattr(usage, "cache_read_input_tokens", 0) or 0),
+        cache_creation_tokens=int(getattr(usage, "cache_creation_input_tokens", 0) or 0),
+        calls=1,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """A failed HTTP attempt, classified."""
+
+    message: str
+    retryable: bool
+    #: May the same call succeed later (see ``LLMError.transient``)?
+    transient: bool
+    overload: bool = False
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A 2xx answer: the message, or why the body is not one."""
+
+    message: Message | None
+    problem: str = ""
+
+
+class AnthropicProvider:
+    """:class:`~worker.llm.base.LLMProvider` backed by the Claude Messages API.
+
+    ``limiter`` bounds this provider's in-flight requests (default: an
+    :class:`AdaptiveLimiter` of ``settings.concurrency``); every request also
+    passes the process-wide limiter of ``settings.global_concurrency`` unless
+    ``use_global_limiter`` is false. The backoff knobs exist so tests can run
+    retries in milliseconds. ``send_temperature`` starts true and turns itself
+    off if the model rejects sampling parameters (see :meth:`_create`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: anthropic.AsyncAnthropic | None = None,
+        limiter: AdaptiveLimiter | None = None,
+        use_global_limiter: bool = True,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        max_retry_after: float = 120.0,
+        rng: random.Random | None = None,
+        send_temperature: bool = True,
+    ) -> None:
+        self._settings = settings
+        self.model = settings.model
+        self._secrets = settings.secrets()
+        if client is None:
+            key = settings.anthropic_api_key
+            if key is None or not key.get_secret_value():
+                raise LLMError("ANTHROPIC_API_KEY is not set (use FULLPASS_LLM=offline)")
+            client = anthropic.AsyncAnthropic(
+                api_key=key.get_secret_value(),
+                base_url=settings.anthropic_base_url,
+                timeout=settings.llm_timeout,
+                max_retries=0,
+            )
+            self._owns_client = True
+        else:
+            self._owns_client = False
+        self._client = client
+        self.limiter = limiter or AdaptiveLimiter(settings.concurrency)
+        self._use_global = use_global_limiter
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._max_retry_after = max_retry_after
+        self._rng = rng or random.Random()
+        #: Whether requests carry ``temperature`` (turned off for good the
+        #: first time the model rejects it; see :meth:`_create`).
+        self.send_temperature = send_temperature
+
+    # ------------------------------------------------------------------ protocol
+
+    async def extract_facts(self, item: ExtractionInput) -> LLMResult[Facts]:
+        return await self._ask(self._extract_params(item), self._parse_facts, RECORD_FACTS)
+
+    async def consolidate(self, facts: Facts) -> LLMResult[Facts]:
+        params = self._tool_params(
+            CONSOLIDATION_SYSTEM,
+            consolidation_message(facts),
+            RECORD_FACTS_TOOL,
+            max_tokens=CONSOLIDATE_MAX_TOKENS,
+            temperature=EXTRACT_TEMPERATURE,
+        )
+        return await self._ask(params, self._parse_facts, RECORD_FACTS)
+
+    async def write_memory(self, facts: Facts) -> LLMResult[str]:
+        params: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": MEMORY_MAX_TOKENS,
+            "temperature": MEMORY_TEMPERATURE,
+            "system": _cached_system(MEMORY_SYSTEM),
+            "messages": [{"role": "user", "content": memory_message(facts)}],
+        }
+
+        def parse(message: Message) -> str:
+            text = answer_text(message.content)
+            bodies, _ = memory_sections(text)
+            if not bodies:
+                raise BadAnswer("no MEMORY sections in the answer")
+            return normalise_memory(text, facts)
+
+        return await self._ask(params, parse, None)
+
+    async def write_sections(self, memory: str, samples: list[str]) -> LLMResult[Sections]:
+        params = self._tool_params(
+            SECTIONS_SYSTEM,
+            sections_message(memory, samples, budget_chars=SECTIONS_BUDGET_CHARS),
+            WRITE_SECTIONS_TOOL,
+            max_tokens=SECTIONS_MAX_TOKENS,
+            temperature=MEMORY_TEMPERATURE,
+        )
+        return await self._ask(
+            params, lambda m: parse_sections(m.content, WRITE_SECTIONS), WRITE_SECTIONS
+        )
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.close()
+
+    # ------------------------------------------------------------------ batches
+
+    async def submit_batch(self, items: list[ExtractionInput]) -> str:
+        """Submit extraction requests as one Message Batch; ``custom_id`` = chunk id.
+
+        Batches cost half as much and have their own rate limits, at the price
+        of latency (minutes to hours). Returns the batch id.
+        """
+        if not items:
+            raise ValueError("a batch needs at least one item")
+        if len(items) > MAX_BATCH_REQUESTS:
+            raise ValueError(f"a batch holds at most {MAX_BATCH_REQUESTS} requests")
+        ids = [item.chunk_id for item in items]
+        bad = [i for i in ids if not _CUSTOM_ID.match(i)]
+        if bad:
+            raise ValueError(f"chunk ids unusable as batch custom_id: {bad[:3]}")
+        if len(set(ids)) != len(ids):
+            raise ValueError("chunk ids in a batch must be unique")
+        requests = [
+            {"custom_id": item.chunk_id, "params": self._batch_params(item)} for item in items
+        ]
+        batch = await self._send(
+            "batch create",
+            lambda: self._client.messages.batches.create(requests=cast(Any, requests)),
+        )
+        return batch.id
+
+    async def batch_status(self, batch_id: str) -> str:
+        """``in_progress``, ``canceling`` or ``ended``."""
+        batch = await self._send(
+            "batch status", lambda: self._client.messages.batches.retrieve(batch_id)
+        )
+        return str(batch.processing_status)
+
+    async def batch_results(
+        self, batch_id: str
+    ) -> AsyncIterator[tuple[str, LLMResult[Facts] | LLMError]]:
+        """Each request's outcome, parsed like :meth:`extract_facts` (without its retry).
+
+        A request that errored, expired or was cancelled, or whose answer is
+        unusable, yields an :class:`LLMError` so the caller can retry that chunk
+        online.
+        """
+        decoder = await self._send(
+            "batch results", lambda: self._client.messages.batches.results(batch_id)
+        )
+        try:
+            async for entry in decoder:
+                yield entry.custom_id, self._batch_outcome(entry.result)
+        except Exception as exc:
+            # The stream can break mid-way (SDK, transport or decoding errors
+            # alike); the caller sees one safe, retryable error.
+            reason = self._safe(f"reading batch results failed: {type(exc).__name__}: {exc}")
+            raise LLMError(reason, transient=True) from None
+        finally:
+            await decoder.close()
+
+    def _batch_outcome(self, result: Any) -> LLMResult[Facts] | LLMError:
+        kind = getattr(result, "type", "unknown")
+        if kind == "succeeded":
+            message = result.message
+            usage = usage_of(message)
+            try:
+                facts = self._parse_facts(message)
+            except BadAnswer as exc:
+                return LLMError(self._safe(f"invalid answer: {exc}"), usage=usage)
+            return LLMResult(facts, usage, getattr(message, "model", None) or self.model)
+        if kind == "errored":
+            error = getattr(getattr(result, "error", None), "error", None)
+            etype = getattr(error, "type", "error")
+            text = getattr(error, "message", "")
+            return LLMError(self._safe(f"batch request errored: {etype}: {text}"))
+        return LLMError(f"batch request {kind}")
+
+    # ------------------------------------------------------------------ requests
+
+    def _extract_params(self, item: ExtractionInput) -> dict[str, Any]:
+        return self._tool_params(
+            EXTRACTION_SYSTEM,
+            extraction_message(item),
+            RECORD_FACTS_TOOL,
+            max_tokens=EXTRACT_MAX_TOKENS,
+            temperature=EXTRACT_TEMPERATURE,
+        )
+
+    def _batch_params(self, item: ExtractionInput) -> dict[str, Any]:
+        """Batch request params: a plain JSON body, so ``temperature`` goes in directly."""
+        params = self._extract_params(item)
+        if not self.send_temperature:
+            params.pop("temperature", None)
+        return params
+
+    def _tool_params(
+        self,
+        system: str,
+        user: str,
+        tool: dict[str, Any],
+        *,
+        max_tokens: int,
+        temperature: float,
+    ) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "system": _cached_system(system),
+            "tools": [tool],
+            "tool_choice": {"type": "tool", "name": tool["name"]},
+            "messages": [{"role": "user", "content": user}],
+        }
+
+    @staticmethod
+    def _parse_facts(message: Message) -> Facts:
+        return parse_facts(message.content, RECORD_FACTS)
+
+    async def _ask(
+        self, params: dict[str, Any], parse: Callable[[Message], T], tool: str | None
+    ) -> LLMResult[T]:
+        """One logical call: transport retries, then one corrective retry if unusable."""
+        usage = Usage()
+        reason = ""
+        for attempt in range(2):
+            request = params if attempt == 0 else _with_note(params, corrective_note(reason, tool))
+            try:
+                answer = await self._create(request)
+            except LLMError as exc:
+                raise LLMError(str(exc), transient=exc.transient, usage=usage + exc.usage) from None
+            if answer.message is None:
+                reason = answer.problem
+            else:
+                usage += usage_of(answer.message)
+                try:
+                    value = parse(answer.message)
+                except BadAnswer as exc:
+                    reason = str(exc)
+                else:
+                    return LLMResult(value, usage, answer.message.model or self.model)
+            logger.info("unusable answer (attempt %d): %s", attempt + 1, self._safe(reason))
+        raise LLMError(self._safe(f"invalid answer: {reason}"), usage=usage)
+
+    async def _create(self, params: dict[str, Any]) -> _Answer:
+        """One Messages call (with transport retries) returning the answer or its problem.
+
+        ``temperature`` is no longer a keyword of the SDK's ``create`` (the 1.x
+        SDKs dropped sampling parameters from their signatures), so it goes in
+        ``extra_body``. Models that reject it answer 400 naming the parameter;
+        then it is dropped for the rest of this provider's life and the call
+        is repeated once without it, instead of failing every call.
+        """
+        while True:
+            kwargs = dict(params)
+            temperature = kwargs.pop("temperature", None)
+            sampling = temperature is not None and self.send_temperature
+            if sampling:
+                kwargs["extra_body"] = {"temperature": temperature}
+
+            async def call(kwargs: dict[str, Any] = kwargs, sampling: bool = sampling) -> _Answer:
+                try:
+                    message: object = await self._client.messages.create(**kwargs)
+                except json.JSONDecodeError:
+                    return _Answer(None, "response body is not JSON")
+                except anthropic.BadRequestError as exc:
+                    if sampling and "temperature" in str(exc.api_message or exc.message):
+                        return _Answer(None, _SAMPLING_REJECTED)
+                    raise
+                if not isinstance(message, Message):
+                    return _Answer(None, "response body is not a message")
+                return _Answer(message)
+
+            answer = await self._send("messages", call)
+            if answer.problem != _SAMPLING_REJECTED:
+                return answer
+            logger.warning("model %s rejects temperature; sending requests without it", self.model)
+            self.send_temperature = False
+
+    async def _send(self, what: str, call: Callable[[], Awaitable[R]]) -> R:
+        """Run ``call`` with limiter slots, retrying transient failures with backoff."""
+        attempts = max(1, self._settings.llm_max_retries + 1)
+        for attempt in range(attempts):
+            permits = await self._acquire()
+            failure: _Failure | None = None
+            try:
+                result = await call()
+            except anthropic.APIStatusError as exc:
+                failure = self._classify(exc)
+            except anthropic.APITimeoutError:
+                failure = _Failure("request timed out", retryable=True, transient=True)
+            except anthropic.APIConnectionError as exc:
+                failure = _Failure(f"connection error: {exc}", retryable=True, transient=True)
+            except anthropic.AnthropicError as exc:
+                # Credentials, configuration, a batch without results yet:
+                # nothing to do with the request's content.
+                failure = _Failure(f"{type(exc).__name__}: {exc}", retryable=False, transient=True)
+            except BaseException:
+                _release(permits, success=False)
+                raise
+            if failure is None:
+                _release(permits, success=True)
+                return result
+            if failure.overload:
+                for permit in permits:
+                    permit.overloaded(failure.retry_after)
+            _release(permits, success=False)
+            message = self._safe(failure.message)
+            if not failure.retryable:
+                raise LLMError(message, transient=failure.transient)
+            if attempt + 1 >= attempts:
+                raise LLMError(
+                    f"{message} (gave up after {attempts} attempts)", transient=failure.transient
+                )
+            delay = self._delay(attempt, failure.retry_after)
+            logger.warning(
+                "%s: %s; retry %d/%d in %.2fs",
+                what,
+                message,
+                attempt + 1,
+                attempts - 1,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _acquire(self) -> list[Permit]:
+        permits = [await self.limiter.acquire()]
+        if self._use_global:
+            try:
+                permits.append(await global_limiter(self._settings.global_concurrency).acquire())
+            except BaseException:
+                _release(permits, success=False)
+                raise
+        return permits
+
+    def _classify(self, exc: anthropic.APIStatusError) -> _Failure:
+        status = exc.status_code
+        headers = exc.response.headers
+        retry_after = retry_after_seconds(headers)
+        if retry_after is not None:
+            retry_after = min(retry_after, self._max_retry_after)
+        retryable = status in (408, 429) or status >= 500
+        should_retry = headers.get("x-should-retry")
+        if should_retry in ("true", "false"):
+            retryable = should_retry == "true"
+        etype = getattr(exc, "type", None) or "error"
+        detail = getattr(exc, "api_message", None) or _short_body(exc.body)
+        return _Failure(
+            f"Anthropic API {status} {etype}: {detail}".strip().rstrip(":"),
+            retryable=retryable,
+            # Auth, billing, permission or an unknown model fail every request
+            # alike: the service is unusable, not this request.
+            transient=retryable or status in _SERVICE_STATUSES,
+            overload=status in (429, 529),
+            retry_after=retry_after,
+        )
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before the next attempt.
+
+        The server's ``retry-after`` is honoured as a floor (plus up to 10%,
+        so waiting callers do not all return in the same millisecond);
+        otherwise exponential backoff with jitter.
+        """
+        if retry_after is not None:
+            return retry_after + self._rng.uniform(0, min(1.0, 0.1 * retry_after))
+        ceiling = min(self._backoff_max, self._backoff_base * 2.0**attempt)
+        return ceiling * self._rng.uniform(0.5, 1.0)
+
+    def _safe(self, text: str) -> str:
+        text = redact(text, self._secrets)
+        if len(text) > _MAX_ERROR_CHARS:
+            text = text[: _MAX_ERROR_CHARS - 1] + "…"
+        return text
+
+
+def _cached_system(text: str) -> list[dict[str, Any]]:
+    """The system prompt as a cacheable block: identical across calls, cached once."""
+    return [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
+
+
+def _with_note(params: dict[str, Any], note: str) -> dict[str, Any]:
+    """``params`` with ``note`` appended to the user turn as a second text block.
+
+    Appending (rather than replaying the bad answer) keeps the request valid
+    even when the bad answer was a tool call, and keeps the cached prefix.
+    """
+    retry = copy.deepcopy(params)
+    turn = retry["messages"][-1]
+    content = turn["content"]
+    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+    turn["content"] = [*blocks, {"type": "text", "text": note}]
+    return retry
+
+
+def _release(permits: list[Permit], *, success: bool) -> None:
+    for permit in reversed(permits):
+        permit.release(success=success)
+
+
+def _short_body(body: object) -> str:
+    if body is None:
+        return ""
+    text = body if isinstance(body, str) else json.dumps(body, default=str)
+    return " ".join(text.split())[:200]

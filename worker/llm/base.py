@@ -1,0 +1,161 @@
+"""What the pipeline asks of a language model, independent of the provider.
+
+Two providers implement :class:`LLMProvider`: ``anthropic`` (Claude through the
+official SDK) and ``offline`` (deterministic rules, no network). Stages depend
+on this protocol only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Generic, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+SECTION_NAMES = ("soul", "identity", "user", "agents", "tools")
+MEMORY_SECTIONS = (
+    "Preferences",
+    "Projects",
+    "Important Dates",
+    "Beliefs & Values",
+    "Decisions & Context",
+)
+NO_DATA = "No data yet."
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+class Project(_Lenient):
+    name: str = ""
+    description: str = ""
+    details: str = ""
+
+
+class DateFact(_Lenient):
+    event: str = ""
+    date: str = ""
+
+
+class Decision(_Lenient):
+    decision: str = ""
+    context: str = ""
+
+
+class Facts(_Lenient):
+    """The fact JSON of design §3: the extraction output and the reduce format."""
+
+    preferences: list[str] = Field(default_factory=list)
+    projects: list[Project] = Field(default_factory=list)
+    dates: list[DateFact] = Field(default_factory=list)
+    beliefs: list[str] = Field(default_factory=list)
+    decisions: list[Decision] = Field(default_factory=list)
+
+    def count(self) -> int:
+        return (
+            len(self.preferences)
+            + len(self.projects)
+            + len(self.dates)
+            + len(self.beliefs)
+            + len(self.decisions)
+        )
+
+
+class Section(_Lenient):
+    """One regenerated persona section (soul, identity, user, agents, tools)."""
+
+    title: str = ""
+    summary: str = ""
+    points: list[str] = Field(default_factory=list)
+
+    def to_markdown(self, name: str) -> str:
+        lines = [f"# {self.title or name.upper()}", ""]
+        if self.summary:
+            lines += [self.summary, ""]
+        lines += [f"- {p}" for p in self.points]
+        return "\n".join(lines).strip() + "\n"
+
+
+class Sections(_Lenient):
+    soul: Section = Field(default_factory=Section)
+    identity: Section = Field(default_factory=Section)
+    user: Section = Field(default_factory=Section)
+    agents: Section = Field(default_factory=Section)
+    tools: Section = Field(default_factory=Section)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    calls: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_creation_tokens + other.cache_creation_tokens,
+            self.calls + other.calls,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LLMResult(Generic[T]):
+    value: T
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractionInput:
+    """One unit of extraction work: a chunk's transcript, ready for the prompt."""
+
+    chunk_id: str
+    conversation_id: str
+    title: str
+    transcript: str
+    conversation_date: date | None
+
+
+class LLMError(Exception):
+    """A call failed after the provider's own retries; the message is safe to record.
+
+    ``transient`` says whether the same call may succeed later (rate limits,
+    overload, server errors, timeouts) as opposed to an answer that was
+    unusable: the map step records unusable answers against their chunk, but
+    retries the stage when the service itself is failing.
+
+    ``usage`` is what the failed call still cost (attempts that returned an
+    answer, e.g. unusable ones), so token accounting stays honest.
+    """
+
+    def __init__(
+        self, message: str, *, transient: bool = False, usage: Usage | None = None
+    ) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.usage = usage if usage is not None else Usage()
+
+
+class LLMProvider(Protocol):
+    """The five things the pipeline asks of a model."""
+
+    #: Recorded as ``chunk_facts.model``: says honestly what produced the facts.
+    model: str
+
+    async def extract_facts(self, item: ExtractionInput) -> LLMResult[Facts]: ...
+
+    async def consolidate(self, facts: Facts) -> LLMResult[Facts]: ...
+
+    async def write_memory(self, facts: Facts) -> LLMResult[str]: ...
+
+    async def write_sections(self, memory: str, samples: list[str]) -> LLMResult[Sections]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,41 @@
+"""``fullpass migrate``: alembic, driven programmatically.
+
+The alembic scripts ship inside the ``migrations`` package, so an installed
+worker migrates without a checkout or an ``alembic.ini``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+import migrations
+
+
+def alembic_config(dsn: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    cfg.attributes["dsn"] = dsn
+    return cfg
+
+
+def upgrade(dsn: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(dsn), revision)
+
+
+def downgrade(dsn: str, revision: str) -> None:
+    command.downgrade(alembic_config(dsn), revision)
+
+
+def current(dsn: str) -> str | None:
+    """The revision the database is at (None before the first migration)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        exists = conn.execute("select to_regclass('public.alembic_version')").fetchone()
+        if not exists or exists[0] is None:
+            return None
+        row = conn.execute("select version_num from alembic_version").fetchone()
+        return str(row[0]) if row else None

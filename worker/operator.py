@@ -1,0 +1,202 @@
+"""What the CLI does, as async functions over the public SQL contract."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import psycopg
+from psycopg.types.json import Jsonb
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from worker import queries
+from worker.db import connect, resolve_dsn
+from worker.settings import Settings
+
+TERMINAL = ("complete", "failed", "cancelled")
+
+
+class OperatorError(Exception):
+    """A database refusal worth showing as is (unknown import, import in progress, ...)."""
+
+
+async def submit(
+    settings: Settings, file: Path, user_id: UUID, bucket: str, options: dict[str, Any]
+) -> UUID:
+    """Store ``file`` in the user's folder and insert the import row (the trigger queues it)."""
+    if not file.is_file():
+        raise OperatorError(f"no such file: {file}")
+    storage_path = f"{bucket}/{user_id}/{file.name}"
+    await store(settings, file, storage_path)
+    async with connect(resolve_dsn(settings)) as conn:
+        try:
+            row = await (
+                await conn.execute(
+                    queries.INSERT_IMPORT,
+                    {"user_id": user_id, "storage_path": storage_path, "options": Jsonb(options)},
+                )
+            ).fetchone()
+        except psycopg.errors.UniqueViolation as exc:
+            raise OperatorError(exc.diag.message_primary or str(exc)) from None
+    assert row is not None
+    return UUID(str(row["id"]))
+
+
+async def store(settings: Settings, file: Path, storage_path: str) -> None:
+    """Put the export where the download stage will look for it."""
+    if settings.uses_supabase_storage:
+        assert settings.supabase_url and settings.supabase_service_role_key
+        key = settings.supabase_service_role_key.get_secret_value()
+        url = f"{settings.supabase_url.rstrip('/')}/storage/v1/object/{storage_path}"
+        async with httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=10.0)) as client:
+            with file.open("rb") as f:
+                response = await client.post(
+                    url,
+                    content=f.read(),
+                    headers={
+                        "Authorization": f"Bearer {key}",
+                        "apikey": key,
+                        "x-upsert": "true",
+                        "Content-Type": "application/octet-stream",
+                    },
+                )
+            if not response.is_success:
+                raise OperatorError(f"storage upload failed: HTTP {response.status_code}")
+        return
+    target = settings.resolved_storage_dir / storage_path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(shutil.copyfile, file, target)
+
+
+async def requeue(settings: Settings, import_id: UUID, from_stage: str | None) -> int:
+    return int(
+        await _call(settings, queries.REQUEUE, {"import_id": import_id, "stage": from_stage})
+    )
+
+
+async def cancel(settings: Settings, import_id: UUID) -> bool:
+    return bool(await _call(settings, queries.CANCEL, {"import_id": import_id}))
+
+
+async def memory(settings: Settings, import_id: UUID) -> str | None:
+    async with connect(resolve_dsn(settings)) as conn:
+        row = await (await conn.execute(queries.MEMORY_OF, {"import_id": import_id})).fetchone()
+    return None if row is None else row["memory_md"]
+
+
+async def _call(settings: Settings, sql: Any, params: dict[str, Any]) -> Any:
+    async with connect(resolve_dsn(settings)) as conn:
+        try:
+            row = await (await conn.execute(sql, params)).fetchone()
+        except psycopg.Error as exc:
+            diag = exc.diag
+            text = diag.message_primary or str(exc)
+            if diag.message_hint:
+                text += f" ({diag.message_hint})"
+            raise OperatorError(text) from None
+    assert row is not None
+    return next(iter(row.values()))
+
+
+# --- status ---------------------------------------------------------------
+
+
+async def status(settings: Settings, import_id: UUID | None, *, watch: bool, limit: int) -> int:
+    console = Console()
+    async with connect(resolve_dsn(settings)) as conn:
+        if import_id is None:
+            rows = await (await conn.execute(queries.PROGRESS_RECENT, {"limit": limit})).fetchall()
+            console.print(imports_table(rows))
+            return 0
+        progress, stages = await snapshot(conn, import_id)
+        if progress is None:
+            raise OperatorError(f"import {import_id} does not exist")
+        if not watch:
+            console.print(import_panel(progress, stages))
+            return 0 if progress["status"] != "failed" else 1
+        with Live(import_panel(progress, stages), console=console, refresh_per_second=4) as live:
+            while progress["status"] not in TERMINAL:
+                await asyncio.sleep(1.0)
+                progress, stages = await snapshot(conn, import_id)
+                assert progress is not None
+                live.update(import_panel(progress, stages))
+        return 0 if progress["status"] == "complete" else 1
+
+
+async def snapshot(
+    conn: Any, import_id: UUID
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    progress = await (await conn.execute(queries.PROGRESS_ONE, {"import_id": import_id})).fetchone()
+    stages = await (await conn.execute(queries.STAGES_OF, {"import_id": import_id})).fetchall()
+    return progress, stages
+
+
+_STATUS_STYLE = {
+    "pending": "dim",
+    "running": "cyan",
+    "processing": "cyan",
+    "done": "green",
+    "complete": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "skipped": "dim",
+}
+
+
+def import_panel(progress: dict[str, Any], stages: list[dict[str, Any]]) -> Group:
+    pct = float(progress["progress"] or 0)
+    status = progress["status"]
+    head = Table.grid(padding=(0, 1))
+    head.add_row(
+        f"[bold]{progress['import_id']}[/]",
+        f"[{_STATUS_STYLE.get(status, '')}]{status}[/]",
+        f"stage {progress['stage_index'] or '-'}/{progress['stage_count']} {progress['stage']}",
+        f"{pct:5.1f}%",
+        f"eta {progress['eta']:%H:%M:%S}" if progress["eta"] else "",
+    )
+    bar = ProgressBar(total=100, completed=pct, width=60)
+    table = Table(show_edge=False, pad_edge=False, box=None)
+    for col in ("stage", "status", "items", "attempts", "tokens in/out", "error"):
+        table.add_column(col)
+    for s in stages:
+        items = (
+            f"{s['items_done']}/{s['items_total']}"
+            if s["items_total"]
+            else str(s["items_done"] or "")
+        )
+        table.add_row(
+            s["stage"],
+            f"[{_STATUS_STYLE.get(s['status'], '')}]{s['status']}[/]",
+            items,
+            str(s["attempts"]),
+            f"{s['input_tokens']}/{s['output_tokens']}",
+            (s["error"] or "")[:80],
+        )
+    parts: list[Any] = [head, bar, table]
+    if progress["error"]:
+        parts.append(f"[red]error:[/] {progress['error']}")
+    return Group(*parts)
+
+
+def imports_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="imports")
+    for col in ("import", "user", "status", "stage", "progress", "tokens in/out", "created"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r["import_id"]),
+            str(r["user_id"])[:8],
+            f"[{_STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]",
+            r["stage"] or "",
+            f"{float(r['progress'] or 0):5.1f}%",
+            f"{r['input_tokens']}/{r['output_tokens']}",
+            f"{r['created_at']:%Y-%m-%d %H:%M}",
+        )
+    return table

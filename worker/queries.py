@@ -1,0 +1,271 @@
+"""Every SQL statement the worker runs against fullpass's own tables.
+
+Kept in one module so that the database contract can be read in one place;
+the schema itself lives in ``migrations/sql``. Statements take named
+parameters (``%(name)s``).
+"""
+
+from __future__ import annotations
+
+from typing import LiteralString
+
+# --- stage lifecycle ------------------------------------------------------
+
+#: Claims a stage for a job: only when the job's generation is current, the
+#: import is still live and the stage has not finished. Returns the import row
+#: and the stage's new attempt number, or nothing (stale or duplicate job).
+CLAIM_STAGE: LiteralString = """
+WITH imp AS (
+    SELECT * FROM public.imports
+     WHERE id = %(import_id)s AND generation = %(generation)s
+       AND status IN ('pending', 'processing')
+     FOR UPDATE
+), st AS (
+    UPDATE public.import_stages s
+       SET status = 'running', attempts = s.attempts + 1, error = NULL,
+           started_at = coalesce(s.started_at, now()), finished_at = NULL, updated_at = now()
+      FROM imp
+     WHERE s.import_id = imp.id AND s.stage = %(stage)s AND s.status <> 'done'
+    RETURNING s.attempts
+), upd AS (
+    UPDATE public.imports i
+       SET status = 'processing', stage = %(stage)s, attempts = st.attempts, error = NULL,
+           started_at = coalesce(i.started_at, now()), updated_at = now()
+      FROM st
+     WHERE i.id = %(import_id)s
+    RETURNING i.id
+)
+SELECT imp.id, imp.user_id, imp.storage_path, imp.options, imp.generation, imp.status,
+       st.attempts
+  FROM imp, st
+"""
+
+MIRROR_PROFILE: LiteralString = """
+SELECT public.fullpass_mirror_profile(%(user_id)s, %(status)s, %(error)s)
+"""
+
+STAGE_OUTPUTS: LiteralString = """
+SELECT stage, output FROM public.import_stages
+ WHERE import_id = %(import_id)s AND status IN ('done', 'skipped')
+"""
+
+#: Locks the import for the final write of a stage and says whether the job
+#: is still the current one.
+LOCK_CURRENT: LiteralString = """
+SELECT id FROM public.imports
+ WHERE id = %(import_id)s AND generation = %(generation)s AND status = 'processing'
+ FOR UPDATE
+"""
+
+IS_CURRENT: LiteralString = """
+SELECT 1 FROM public.imports
+ WHERE id = %(import_id)s AND generation = %(generation)s AND status = 'processing'
+"""
+
+FINISH_STAGE: LiteralString = """
+UPDATE public.import_stages
+   SET status = 'done', finished_at = now(), updated_at = now(), error = NULL,
+       output = %(output)s,
+       items_done = coalesce(items_total, items_done)
+ WHERE import_id = %(import_id)s AND stage = %(stage)s
+"""
+
+ADVANCE_IMPORT: LiteralString = """
+UPDATE public.imports
+   SET stage = %(next_stage)s, attempts = 0, updated_at = now(),
+       conversation_count = coalesce(%(conversation_count)s, conversation_count),
+       chunk_count = coalesce(%(chunk_count)s, chunk_count),
+       fact_count = coalesce(%(fact_count)s, fact_count)
+ WHERE id = %(import_id)s
+"""
+
+DEFER_STAGE: LiteralString = """
+SELECT public.fullpass_defer(%(import_id)s, %(stage)s, %(generation)s) AS job_id
+"""
+
+COMPLETE_IMPORT: LiteralString = """
+UPDATE public.imports
+   SET status = 'complete', completed_at = now(), updated_at = now(), error = NULL,
+       conversation_count = coalesce(%(conversation_count)s, conversation_count),
+       chunk_count = coalesce(%(chunk_count)s, chunk_count),
+       fact_count = coalesce(%(fact_count)s, fact_count)
+ WHERE id = %(import_id)s
+"""
+
+#: Records a failed attempt; ``final`` also fails the import.
+FAIL_STAGE: LiteralString = """
+WITH imp AS (
+    SELECT id FROM public.imports
+     WHERE id = %(import_id)s AND generation = %(generation)s
+       AND status IN ('pending', 'processing')
+     FOR UPDATE
+), st AS (
+    UPDATE public.import_stages s
+       SET status = CASE WHEN %(final)s THEN 'failed' ELSE 'pending' END,
+           error = %(error)s, updated_at = now(),
+           finished_at = CASE WHEN %(final)s THEN now() END
+      FROM imp
+     WHERE s.import_id = imp.id AND s.stage = %(stage)s
+    RETURNING s.stage
+)
+UPDATE public.imports i
+   SET error = %(stage)s || ': ' || %(error)s, updated_at = now(),
+       status = CASE WHEN %(final)s THEN 'failed' ELSE i.status END,
+       completed_at = CASE WHEN %(final)s THEN now() ELSE i.completed_at END
+  FROM st
+ WHERE i.id = %(import_id)s
+RETURNING i.user_id
+"""
+
+# --- progress and accounting ---------------------------------------------
+
+SET_PROGRESS: LiteralString = """
+UPDATE public.import_stages
+   SET items_done = %(done)s, items_total = coalesce(%(total)s, items_total), updated_at = now()
+ WHERE import_id = %(import_id)s AND stage = %(stage)s AND status = 'running'
+"""
+
+ADD_USAGE: LiteralString = """
+WITH st AS (
+    UPDATE public.import_stages
+       SET input_tokens = input_tokens + %(input_tokens)s,
+           output_tokens = output_tokens + %(output_tokens)s, updated_at = now()
+     WHERE import_id = %(import_id)s AND stage = %(stage)s
+)
+UPDATE public.imports
+   SET input_tokens = input_tokens + %(input_tokens)s,
+       output_tokens = output_tokens + %(output_tokens)s, updated_at = now()
+ WHERE id = %(import_id)s
+"""
+
+# --- chunks ---------------------------------------------------------------
+
+DELETE_CHUNKS: LiteralString = """
+DELETE FROM public.conversation_chunks WHERE import_id = %(import_id)s
+"""
+
+COPY_CHUNKS: LiteralString = """
+COPY public.conversation_chunks (
+    id, user_id, import_id, conversation_id, title, content, token_count, chunk_index,
+    total_chunks, chunk_tier, message_count, is_recent, created_at, content_hash
+) FROM STDIN
+"""
+
+CHUNKS_FOR_EXTRACTION: LiteralString = """
+SELECT c.id::text AS id, c.conversation_id, coalesce(c.title, '') AS title, c.content,
+       c.content_hash, c.created_at
+  FROM public.conversation_chunks c
+ WHERE c.import_id = %(import_id)s AND c.chunk_tier = %(tier)s
+ ORDER BY c.created_at NULLS LAST, c.conversation_id, c.chunk_index
+"""
+
+EXTRACTED_CHUNKS: LiteralString = """
+SELECT chunk_id::text AS chunk_id, content_hash FROM public.chunk_facts
+ WHERE import_id = %(import_id)s
+"""
+
+#: One chunk's facts, written only by a job of the import's current generation
+#: (a requeued or cancelled run must not leave checkpoints behind).
+INSERT_CHUNK_FACTS: LiteralString = """
+INSERT INTO public.chunk_facts (import_id, chunk_id, user_id, content_hash, facts, model,
+                                input_tokens, output_tokens, cache_read_tokens, error)
+SELECT i.id, %(chunk_id)s, i.user_id, %(content_hash)s, %(facts)s, %(model)s,
+       %(input_tokens)s, %(output_tokens)s, %(cache_read_tokens)s, %(error)s::text
+  FROM public.imports i
+ WHERE i.id = %(import_id)s AND i.generation = %(generation)s AND i.status = 'processing'
+ON CONFLICT (import_id, chunk_id) DO UPDATE
+   SET content_hash = EXCLUDED.content_hash, facts = EXCLUDED.facts, model = EXCLUDED.model,
+       input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
+       cache_read_tokens = EXCLUDED.cache_read_tokens, error = EXCLUDED.error,
+       created_at = now()
+"""
+
+CHUNK_FACTS_WITH_DATES: LiteralString = """
+SELECT f.chunk_id::text AS chunk_id, f.facts, c.created_at, c.conversation_id
+  FROM public.chunk_facts f
+  LEFT JOIN public.conversation_chunks c ON c.id = f.chunk_id
+ WHERE f.import_id = %(import_id)s AND f.error IS NULL
+ ORDER BY c.created_at NULLS FIRST, f.chunk_id
+"""
+
+#: Conversations ranked for the regenerate sample: long, recent, fact-dense.
+CONVERSATION_SCORES: LiteralString = """
+WITH conv AS (
+    SELECT c.conversation_id, max(c.title) AS title, max(c.created_at) AS created_at,
+           sum(c.token_count) AS tokens, bool_or(c.is_recent) AS is_recent,
+           sum(coalesce(jsonb_array_length(f.facts -> 'preferences'), 0)
+             + coalesce(jsonb_array_length(f.facts -> 'projects'), 0)
+             + coalesce(jsonb_array_length(f.facts -> 'dates'), 0)
+             + coalesce(jsonb_array_length(f.facts -> 'beliefs'), 0)
+             + coalesce(jsonb_array_length(f.facts -> 'decisions'), 0)) AS facts
+      FROM public.conversation_chunks c
+      LEFT JOIN public.chunk_facts f ON f.chunk_id = c.id AND f.import_id = c.import_id
+     WHERE c.import_id = %(import_id)s AND c.chunk_tier = %(tier)s
+     GROUP BY c.conversation_id
+)
+SELECT conversation_id, title, created_at, tokens, facts,
+       ln(1 + tokens) + 2.0 * facts + CASE WHEN is_recent THEN 2.0 ELSE 0 END AS score
+  FROM conv
+ ORDER BY score DESC, conversation_id
+ LIMIT %(limit)s
+"""
+
+CONVERSATION_TEXT: LiteralString = """
+SELECT conversation_id, chunk_index, content FROM public.conversation_chunks
+ WHERE import_id = %(import_id)s AND chunk_tier = %(tier)s
+   AND conversation_id = ANY(%(conversation_ids)s)
+ ORDER BY conversation_id, chunk_index
+"""
+
+# --- finalize -------------------------------------------------------------
+
+#: The v2 profile, written only when the whole pass succeeded.
+WRITE_PROFILE: LiteralString = """
+UPDATE public.user_profiles
+   SET soul_md = %(soul_md)s, identity_md = %(identity_md)s, user_md = %(user_md)s,
+       agents_md = %(agents_md)s, tools_md = %(tools_md)s, soulprint_text = %(soulprint_text)s,
+       memory_md = %(memory_md)s, full_pass_status = 'complete', full_pass_error = NULL,
+       full_pass_completed_at = now(), updated_at = now()
+ WHERE user_id = %(user_id)s
+"""
+
+INSERT_PROFILE: LiteralString = """
+INSERT INTO public.user_profiles (user_id, soul_md, identity_md, user_md, agents_md, tools_md,
+                                  soulprint_text, memory_md, full_pass_status,
+                                  full_pass_completed_at)
+VALUES (%(user_id)s, %(soul_md)s, %(identity_md)s, %(user_md)s, %(agents_md)s, %(tools_md)s,
+        %(soulprint_text)s, %(memory_md)s, 'complete', now())
+"""
+
+# --- operator surface -----------------------------------------------------
+
+INSERT_IMPORT: LiteralString = """
+INSERT INTO public.imports (user_id, storage_path, options)
+VALUES (%(user_id)s, %(storage_path)s, %(options)s)
+RETURNING id
+"""
+
+REQUEUE: LiteralString = "SELECT public.requeue_import(%(import_id)s, %(stage)s) AS job_id"
+CANCEL: LiteralString = "SELECT public.cancel_import(%(import_id)s) AS cancelled"
+
+PROGRESS_ONE: LiteralString = """
+SELECT * FROM public.import_progress WHERE import_id = %(import_id)s
+"""
+
+PROGRESS_RECENT: LiteralString = """
+SELECT * FROM public.import_progress ORDER BY created_at DESC LIMIT %(limit)s
+"""
+
+STAGES_OF: LiteralString = """
+SELECT stage, status, attempts, items_done, items_total, error,
+       input_tokens, output_tokens, started_at, finished_at
+  FROM public.import_stages WHERE import_id = %(import_id)s ORDER BY position
+"""
+
+MEMORY_OF: LiteralString = """
+SELECT p.memory_md FROM public.user_profiles p
+  JOIN public.imports i ON i.user_id = p.user_id
+ WHERE i.id = %(import_id)s
+"""
+
+SQL_STAGES: LiteralString = "SELECT stage FROM public.fullpass_stages() ORDER BY position"

@@ -1,0 +1,87 @@
+"""Settings, read once from the environment.
+
+Every knob an operator may turn lives here, so the worker, the CLI and the
+tests agree on names and defaults. Secrets are ``SecretStr`` so that a
+settings object that ends up in a log line or a traceback never prints them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "claude-haiku-4-5-20251001"
+
+
+class Settings(BaseSettings):
+    """Environment-driven configuration (see README, "Configuration")."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    home: Path = Field(default=Path.home() / ".fullpass", alias="FULLPASS_HOME")
+
+    anthropic_api_key: SecretStr | None = Field(default=None, alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = Field(default=None, alias="ANTHROPIC_BASE_URL")
+    model: str = Field(default=DEFAULT_MODEL, alias="FULLPASS_MODEL")
+    llm: Literal["anthropic", "offline"] | None = Field(default=None, alias="FULLPASS_LLM")
+    llm_timeout: float = Field(default=120.0, alias="FULLPASS_LLM_TIMEOUT")
+    llm_max_retries: int = Field(default=4, alias="FULLPASS_LLM_MAX_RETRIES")
+    concurrency: int = Field(default=10, ge=1, le=100, alias="FULLPASS_CONCURRENCY")
+    global_concurrency: int = Field(default=20, ge=1, le=500, alias="FULLPASS_GLOBAL_CONCURRENCY")
+
+    supabase_url: str | None = Field(default=None, alias="SUPABASE_URL")
+    supabase_service_role_key: SecretStr | None = Field(
+        default=None, alias="SUPABASE_SERVICE_ROLE_KEY"
+    )
+    storage_dir: Path | None = Field(default=None, alias="FULLPASS_STORAGE_DIR")
+
+    alert_webhook: str | None = Field(default=None, alias="FULLPASS_ALERT_WEBHOOK")
+    callback_url: str | None = Field(default=None, alias="FULLPASS_CALLBACK_URL")
+
+    worker_concurrency: int = Field(default=4, ge=1, alias="FULLPASS_WORKER_CONCURRENCY")
+    max_attempts: int = Field(default=4, ge=1, alias="FULLPASS_MAX_ATTEMPTS")
+    retry_base_seconds: int = Field(default=2, ge=0, alias="FULLPASS_RETRY_BASE_SECONDS")
+    heartbeat_seconds: float = Field(default=5.0, gt=0, alias="FULLPASS_HEARTBEAT_SECONDS")
+    stalled_seconds: float = Field(default=30.0, gt=0, alias="FULLPASS_STALLED_SECONDS")
+    log_format: Literal["text", "json"] = Field(default="text", alias="FULLPASS_LOG_FORMAT")
+    log_level: str = Field(default="INFO", alias="FULLPASS_LOG_LEVEL")
+
+    max_download_bytes: int = Field(default=2 * 1024**3, alias="FULLPASS_MAX_DOWNLOAD_BYTES")
+    max_uncompressed_bytes: int = Field(
+        default=8 * 1024**3, alias="FULLPASS_MAX_UNCOMPRESSED_BYTES"
+    )
+    max_zip_members: int = Field(default=10_000, alias="FULLPASS_MAX_ZIP_MEMBERS")
+    max_zip_ratio: float = Field(default=200.0, alias="FULLPASS_MAX_ZIP_RATIO")
+
+    @model_validator(mode="after")
+    def _resolve_llm(self) -> Settings:
+        if self.llm is None:
+            self.llm = "anthropic" if self.anthropic_api_key else "offline"
+        return self
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        """Where local storage paths resolve when Supabase Storage is not configured."""
+        return self.storage_dir or self.home / "storage"
+
+    @property
+    def uses_supabase_storage(self) -> bool:
+        return bool(self.supabase_url and self.supabase_service_role_key)
+
+    def secrets(self) -> list[str]:
+        """Secret values that must never reach a log line or an ``error`` column."""
+        out = []
+        for secret in (self.anthropic_api_key, self.supabase_service_role_key):
+            if secret is not None and secret.get_secret_value():
+                out.append(secret.get_secret_value())
+        return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
