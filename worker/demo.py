@@ -11,7 +11,6 @@ import asyncio
 import uuid
 from pathlib import Path
 
-from rich.console import Console
 from rich.live import Live
 
 from worker import migrate, operator
@@ -23,7 +22,7 @@ SAMPLE = Path(__file__).parent / "samples" / "sample-export.zip"
 
 
 async def run(settings: Settings, file: Path | None = None) -> int:
-    console = Console()
+    console = operator.make_console()
     dsn = resolve_dsn(settings)
     console.print(f"[bold]database[/]: {'DATABASE_URL' if settings.database_url else dsn}")
     await asyncio.to_thread(migrate.upgrade, dsn)

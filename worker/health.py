@@ -11,19 +11,21 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
+
 from worker.db import connect, resolve_dsn
 from worker.redact import error_text
 from worker.settings import Settings
 
 FRESH_WORKERS = """
 SELECT count(*) AS n FROM public.procrastinate_workers
- WHERE last_heartbeat > now() - make_interval(secs => %(seconds)s)
+ WHERE last_heartbeat > now() - %(seconds)s * interval '1 second'
 """
 
 STUCK_IMPORTS = """
 SELECT id, status, stage, updated_at FROM public.imports
  WHERE status IN ('pending', 'processing')
-   AND updated_at < now() - make_interval(mins => %(minutes)s)
+   AND updated_at < now() - %(minutes)s * interval '1 minute'
  ORDER BY updated_at LIMIT 20
 """
 
@@ -53,9 +55,9 @@ async def check(settings: Settings, *, stuck_minutes: float = 30.0) -> HealthRep
     report = HealthReport()
     try:
         dsn = resolve_dsn(settings)
-        async with asyncio.timeout(10):
-            async with connect(dsn) as conn:
-                report.database = True
+        async with asyncio.timeout(10), connect(dsn) as conn:
+            report.database = True
+            try:
                 row = await (
                     await conn.execute(FRESH_WORKERS, {"seconds": settings.stalled_seconds})
                 ).fetchone()
@@ -64,6 +66,9 @@ async def check(settings: Settings, *, stuck_minutes: float = 30.0) -> HealthRep
                     await conn.execute(STUCK_IMPORTS, {"minutes": stuck_minutes})
                 ).fetchall()
                 report.stuck_imports = [dict(r) for r in stuck]
+            except psycopg.Error as exc:
+                report.problems.append(f"health query failed: {error_text(exc)}")
+                return report
     except Exception as exc:
         report.problems.append(f"database unreachable: {error_text(exc)}")
         return report

