@@ -270,18 +270,16 @@ def select_conversation_members(infos: list[zipfile.ZipInfo]) -> list[zipfile.Zi
     mains = [i for i in files if posixpath.basename(i.filename).lower() == _MAIN]
     if mains:
         return [min(mains, key=lambda i: (depth(i), i.filename))]
-    shards = [i for i in files if _SHARD.fullmatch(posixpath.basename(i.filename))]
+    shards: list[tuple[int, zipfile.ZipInfo]] = []
+    for info in files:
+        match = _SHARD.fullmatch(posixpath.basename(info.filename))
+        if match:
+            shards.append((int(match.group(1)), info))
     if not shards:
         return []
-    top = min(posixpath.dirname(i.filename) for i in shards if depth(i) == min(map(depth, shards)))
-    same_dir = [i for i in shards if posixpath.dirname(i.filename) == top]
-
-    def shard_key(i: zipfile.ZipInfo) -> tuple[int, str]:
-        match = _SHARD.fullmatch(posixpath.basename(i.filename))
-        assert match is not None
-        return int(match.group(1)), i.filename
-
-    return sorted(same_dir, key=shard_key)
+    top = min((depth(i), posixpath.dirname(i.filename)) for _, i in shards)[1]
+    same_dir = [(n, i) for n, i in shards if posixpath.dirname(i.filename) == top]
+    return [i for _, i in sorted(same_dir, key=lambda pair: (pair[0], pair[1].filename))]
 
 
 def _check_declared_sizes(path: Path, chosen: list[zipfile.ZipInfo], limits: Limits) -> None:

@@ -242,10 +242,12 @@ class _JsonReader:
 
 def _json_error(exc: Exception) -> str:
     """The first line of a parser error (the rest quotes the export's bytes, which are private)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"text is not valid UTF-8 ({exc.reason})"
     arg: object = exc.args[0] if exc.args else exc
     text = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    if "UTF8" in first or isinstance(exc, UnicodeDecodeError):
+    if re.search(r"utf-?8", first, re.IGNORECASE):
         return f"text is not valid UTF-8 ({first.rstrip('.')})"
     return first.rstrip(".")
 
