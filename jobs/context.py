@@ -46,6 +46,8 @@ class StageResult:
     commit: Callable[[Conn], Awaitable[None]] | None = None
     #: Best-effort work after that transaction (e.g. the completion callback).
     after_commit: Callable[[], Awaitable[None]] | None = None
+    #: Not finished: save ``output`` and run this stage again in that many seconds.
+    reschedule_in: float | None = None
 
 
 @dataclass(slots=True)

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import REPO, query
+from worker import runner
 from worker.service import run_worker
 from worker.settings import Settings
+from worker.stages import STAGES
 
 GEN_EXPORT = REPO.parent / "shared" / "tools" / "gen_export.py"
 SAMPLE = REPO / "worker" / "samples" / "sample-export.zip"
@@ -129,3 +131,41 @@ async def wait_status(
                 f"import {import_id} still {row['status']} at {row['stage']}: {row['error']}"
             )
         await asyncio.sleep(0.1)
+
+
+async def drive(
+    deps: runner.Deps, dsn: str, import_id: uuid.UUID, *, until: str | None = None
+) -> None:
+    """Run the import's queued jobs one by one in this process, the way a worker would."""
+    while True:
+        jobs = query(
+            dsn,
+            "update procrastinate_jobs set status = 'doing' where id = ("
+            " select id from procrastinate_jobs where queueing_lock = %s and status = 'todo'"
+            " and (scheduled_at is null or scheduled_at <= now())"
+            " order by id limit 1) returning id, task_name, args",
+            (str(import_id),),
+        )
+        if not jobs:
+            return
+        job = jobs[0]
+        stage = job["task_name"].removeprefix("fullpass.")
+        if until is not None and STAGES.index(stage) > STAGES.index(until):
+            query(dsn, "update procrastinate_jobs set status = 'todo' where id = %s", (job["id"],))
+            return
+        try:
+            await runner.run_stage(deps, stage, import_id, job["args"]["generation"])
+        except runner.StageRetry as retry:
+            query(
+                dsn,
+                "update procrastinate_jobs set status = 'todo', attempts = attempts + 1,"
+                " scheduled_at = now() + %s * interval '1 second' where id = %s",
+                (retry.delay, job["id"]),
+            )
+            continue
+        except runner.StageFailed:
+            query(
+                dsn, "update procrastinate_jobs set status = 'failed' where id = %s", (job["id"],)
+            )
+            return
+        query(dsn, "update procrastinate_jobs set status = 'succeeded' where id = %s", (job["id"],))

@@ -83,6 +83,22 @@ DEFER_STAGE: LiteralString = """
 SELECT public.fullpass_defer(%(import_id)s, %(stage)s, %(generation)s) AS job_id
 """
 
+DEFER_STAGE_LATER: LiteralString = """
+SELECT public.fullpass_defer(%(import_id)s, %(stage)s, %(generation)s,
+                             now() + %(delay)s * interval '1 second') AS job_id
+"""
+
+#: A parked stage keeps its output (e.g. the batch ids) and gives its attempt back.
+PARK_STAGE: LiteralString = """
+UPDATE public.import_stages
+   SET output = %(output)s, attempts = greatest(attempts - 1, 0), updated_at = now()
+ WHERE import_id = %(import_id)s AND stage = %(stage)s
+"""
+
+RUNNING_OUTPUT: LiteralString = """
+SELECT output FROM public.import_stages WHERE import_id = %(import_id)s AND stage = %(stage)s
+"""
+
 COMPLETE_IMPORT: LiteralString = """
 UPDATE public.imports
    SET status = 'complete', completed_at = now(), updated_at = now(), error = NULL,
@@ -151,12 +167,19 @@ COPY public.conversation_chunks (
 ) FROM STDIN
 """
 
+#: The map step's work list: ids and hashes only (contents are read page by page).
 CHUNKS_FOR_EXTRACTION: LiteralString = """
-SELECT c.id::text AS id, c.conversation_id, coalesce(c.title, '') AS title, c.content,
-       c.content_hash, c.created_at
+SELECT c.id::text AS id, c.content_hash
   FROM public.conversation_chunks c
  WHERE c.import_id = %(import_id)s AND c.chunk_tier = %(tier)s
  ORDER BY c.created_at NULLS LAST, c.conversation_id, c.chunk_index
+"""
+
+CHUNKS_BY_ID: LiteralString = """
+SELECT c.id::text AS id, c.conversation_id, coalesce(c.title, '') AS title, c.content,
+       c.content_hash, c.created_at
+  FROM public.conversation_chunks c
+ WHERE c.import_id = %(import_id)s AND c.id = ANY(%(ids)s::uuid[])
 """
 
 EXTRACTED_CHUNKS: LiteralString = """
@@ -178,6 +201,19 @@ ON CONFLICT (import_id, chunk_id) DO UPDATE
        input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
        cache_read_tokens = EXCLUDED.cache_read_tokens, error = EXCLUDED.error,
        created_at = now()
+"""
+
+CHUNK_FACTS_SUMMARY: LiteralString = """
+SELECT count(*) AS chunks,
+       count(*) FILTER (WHERE error IS NOT NULL) AS failed,
+       coalesce(sum(jsonb_array_length(facts -> 'preferences')
+                  + jsonb_array_length(facts -> 'projects')
+                  + jsonb_array_length(facts -> 'dates')
+                  + jsonb_array_length(facts -> 'beliefs')
+                  + jsonb_array_length(facts -> 'decisions')), 0) AS facts,
+       coalesce(sum(input_tokens), 0) AS input_tokens,
+       coalesce(sum(output_tokens), 0) AS output_tokens
+  FROM public.chunk_facts WHERE import_id = %(import_id)s
 """
 
 CHUNK_FACTS_WITH_DATES: LiteralString = """

@@ -103,6 +103,9 @@ async def run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) ->
         await _handle_failure(deps, imp, stage, attempt, exc, log_extra)
     else:
         log_extra["duration_s"] = round(time.monotonic() - started, 3)
+        if result.reschedule_in is not None:
+            logger.info("stage parked; next check in %ss", result.reschedule_in, extra=log_extra)
+            return
         logger.info("stage done", extra=log_extra)
         if result.after_commit is not None:
             try:
@@ -223,6 +226,9 @@ async def _context(deps: Deps, imp: ImportRow, stage: str, attempt: int) -> Stag
 async def _complete(
     pool: AsyncConnectionPool[Conn], imp: ImportRow, stage: str, result: StageResult
 ) -> None:
+    if result.reschedule_in is not None:
+        await _reschedule(pool, imp, stage, result)
+        return
     nxt = next_stage(stage)
     async with pool.connection() as conn, conn.transaction():
         if result.commit is not None:
@@ -253,6 +259,37 @@ async def _complete(
                 queries.DEFER_STAGE,
                 {"import_id": imp.id, "stage": nxt, "generation": imp.generation},
             )
+
+
+async def _reschedule(
+    pool: AsyncConnectionPool[Conn], imp: ImportRow, stage: str, result: StageResult
+) -> None:
+    """Park the stage: save its progress and defer the same stage for later.
+
+    Used while waiting on work done elsewhere (a Message Batch): no worker slot
+    is held meanwhile, and the wait does not count as an attempt.
+    """
+    async with pool.connection() as conn, conn.transaction():
+        current = await (
+            await conn.execute(
+                queries.LOCK_CURRENT, {"import_id": imp.id, "generation": imp.generation}
+            )
+        ).fetchone()
+        if current is None:
+            raise StaleJob()
+        await conn.execute(
+            queries.PARK_STAGE,
+            {"import_id": imp.id, "stage": stage, "output": Jsonb(result.output)},
+        )
+        await conn.execute(
+            queries.DEFER_STAGE_LATER,
+            {
+                "import_id": imp.id,
+                "stage": stage,
+                "generation": imp.generation,
+                "delay": result.reschedule_in,
+            },
+        )
 
 
 async def _record_failure(

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     llm_timeout: float = Field(default=120.0, alias="FULLPASS_LLM_TIMEOUT")
     llm_max_retries: int = Field(default=4, alias="FULLPASS_LLM_MAX_RETRIES")
     concurrency: int = Field(default=10, ge=1, le=100, alias="FULLPASS_CONCURRENCY")
+    batch: bool = Field(default=False, alias="FULLPASS_BATCH")
+    batch_poll_seconds: float = Field(default=60.0, gt=0, alias="FULLPASS_BATCH_POLL_SECONDS")
     global_concurrency: int = Field(default=20, ge=1, le=500, alias="FULLPASS_GLOBAL_CONCURRENCY")
 
     supabase_url: str | None = Field(default=None, alias="SUPABASE_URL")

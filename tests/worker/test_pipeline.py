@@ -13,6 +13,7 @@ from jobs import registry
 from jobs.context import StageContext, StageResult
 from tests.conftest import USER_A, USER_B, make_settings, query
 from tests.helpers import (
+    drive,
     import_row,
     jobs_of,
     progress_row,
@@ -36,29 +37,6 @@ WEIGHTS = {
     "regenerate": 14,
     "finalize": 3,
 }
-
-
-async def drive(
-    deps: runner.Deps, dsn: str, import_id: uuid.UUID, *, until: str | None = None
-) -> None:
-    """Run the import's queued jobs one by one in this process, the way a worker would."""
-    while True:
-        jobs = query(
-            dsn,
-            "update procrastinate_jobs set status = 'doing' where id = ("
-            " select id from procrastinate_jobs where queueing_lock = %s and status = 'todo'"
-            " order by id limit 1) returning id, task_name, args",
-            (str(import_id),),
-        )
-        if not jobs:
-            return
-        job = jobs[0]
-        stage = job["task_name"].removeprefix("fullpass.")
-        if until is not None and STAGES.index(stage) > STAGES.index(until):
-            query(dsn, "update procrastinate_jobs set status = 'todo' where id = %s", (job["id"],))
-            return
-        await runner.run_stage(deps, stage, import_id, job["args"]["generation"])
-        query(dsn, "update procrastinate_jobs set status = 'succeeded' where id = %s", (job["id"],))
 
 
 @pytest.fixture

@@ -10,7 +10,9 @@ from tests.helpers import import_row, running_worker, stage_rows, submit, wait_s
 from worker.settings import Settings
 
 
-def anthropic_settings(db_dsn: str, tmp_path: Path, fake: FakeAnthropicServer, **kw: object) -> Settings:
+def anthropic_settings(
+    db_dsn: str, tmp_path: Path, fake: FakeAnthropicServer, **kw: object
+) -> Settings:
     return make_settings(db_dsn, tmp_path, **fake.settings_env(), **kw)
 
 

@@ -7,9 +7,10 @@ on this protocol only.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -159,3 +160,16 @@ class LLMProvider(Protocol):
     async def write_sections(self, memory: str, samples: list[str]) -> LLMResult[Sections]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class BatchProvider(Protocol):
+    """A provider that can also run extractions as an asynchronous batch (half price)."""
+
+    async def submit_batch(self, items: list[ExtractionInput]) -> str: ...
+
+    async def batch_status(self, batch_id: str) -> str: ...
+
+    def batch_results(
+        self, batch_id: str
+    ) -> AsyncIterator[tuple[str, LLMResult[Facts] | LLMError]]: ...

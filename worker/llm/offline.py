@@ -7,23 +7,25 @@ is ``offline-rules-v1``, which the pipeline records as the model used.
 
 How it extracts: only the user's own words count (``User:``, ``Saved memory:``
 and ``Custom instructions:`` turns of the transcript; never ``Assistant:``).
-Those turns are split into sentences, and each sentence that looks like a
-first-person statement of a durable fact ("I really prefer X", "I'm building
-X, a ...", "My X is on <date>", "I strongly believe X", "We decided to X
-because Y", "I work as X") becomes one fact. The fact keeps the user's own
+Each of their sentences that is a first-person statement of a durable fact
+("I really prefer X", "I'm building X, a ...", "My X is on <date>", "I
+strongly believe X", "We decided to X because Y", "I work as X") becomes one
+fact; the rules are general patterns of such statements, not lists of
+topics. The fact keeps the user's own
 sentence (trimmed to start at its subject) so that it reads naturally and
 can be compared with what was said. Questions, hypotheticals and reported
 speech are skipped: a memory must hold what the user said about themselves.
 
 Everything here is pure computation on strings with precompiled patterns:
-the extractor runs on every chunk of exports of 90 MB and more.
+the extractor runs on every chunk of exports of 90 MB and more, so it only
+looks closely at the few places where a subject ("I", "we", "my") stands.
+MEMORY and the persona sections are templates filled from the facts.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
-import logging
 import re
 import string
 from collections import Counter
@@ -44,8 +46,6 @@ from worker.llm.base import (
     Usage,
 )
 from worker.llm.parse import fallback_memory, memory_sections
-
-logger = logging.getLogger("fullpass.llm.offline")
 
 MODEL: Final = "offline-rules-v1"
 
@@ -210,10 +210,10 @@ _BELIEF_VERB: Final = re.compile(
     I,
 )
 _BELIEF_VALUE: Final = re.compile(
-    rf"{_SUBJ_I}\s+(?:(?:really|deeply|strongly|also|truly)\s+)*"
-    r"(?:values?\s|cares?\s+(?:(?:deeply|a\s+lot|most|so\s+much)\s+)?about\s"
-    r"|stands?\s+for\s|(?:am|'m|is)\s+convinced\s"
-    r"|(?:am|'m|is)\s+a\s+(?:firm|strong|big|true)\s+believer\s+in\s)(?P<obj>.+)",
+    rf"{_SUBJ_I}(?:\s+(?:(?:really|deeply|strongly|also|truly)\s+)*"
+    r"(?:values?\s|cares?\s+(?:(?:deeply|a\s+lot|most|so\s+much)\s+)?about\s|stands?\s+for\s)"
+    rf"|{_BE}\s+(?:convinced\s+(?:that\s+)?|a\s+(?:firm|strong|big|true)\s+believer\s+in\s))"
+    r"(?P<obj>.+)",
     I,
 )
 #: "Privacy matters to me": the subject is what the user values. Searched for
@@ -305,19 +305,20 @@ _BACKGROUND_A: Final = re.compile(
     I,
 )
 _BACKGROUND_LIFE: Final = re.compile(
-    rf"{_SUBJ_I}\s+(?:(?:currently|now|still|also)\s+)*"
+    rf"{_SUBJ_I}(?:\s+(?:(?:currently|now|still|also)\s+)*"
     r"(?:(?:live|lives|grew\s+up)\s+(?:in|near|outside|abroad|on)\b"
     r"|(?:work|works|have\s+worked|'ve\s+worked)\s+(?:as|at|for|in|remotely|from|part-time"
     r"|full-time|freelance)\b"
-    r"|(?:am|'m|is)\s+(?:based|located|from|employed|married|retired|studying|learning)\b"
     r"|(?:come|comes)\s+from\b|(?:studied|study|studies|speak|speaks|teach|teaches)\b)"
+    rf"|{_BE}\s+(?:(?:currently|now|still|also|originally)\s+)*"
+    r"(?:based|located|from|employed|married|retired|studying|learning)\b)"
     r"\s*(?P<obj>.*)",
     I,
 )
 _BACKGROUND_MINE: Final = re.compile(
     r"(?P<subj>\b(?:my|(?:the\s+)?user's))\s+(?:name|job|role|title|job\s+title|profession"
     r"|occupation|(?:wife|husband|partner|spouse|daughter|son|kid|child|dog|cat|mom|mother|dad"
-    r"|father|sister|brother|boss)(?:'s\s+name)?)\s+(?:is|are)\s+(?P<obj>.+)",
+    r"|father|sister|brother|boss)(?:'s\s+name)?)(?:\s+is|\s+are|'s)\s+(?P<obj>.+)",
     I,
 )
 _BACKGROUND_HAVE: Final = re.compile(
@@ -333,7 +334,8 @@ _BACKGROUND_AGE: Final = re.compile(
 #: What may not follow a verb for the statement to be a fact about the user
 #: ("I like it", "I think so", "I love your answer", "I use this to ...").
 _VAGUE_OBJECT: Final = re.compile(
-    r"(?:that\s+)?(?:it|it's|its|this|that|these|those|them|him|her|you|your|yours|what|how"
+    r"(?:that\s+)?(?:it|it's|its|this|that(?!\s+\w)|these|those|them|him|her|you|your|yours"
+    r"|what|how"
     r"|so|too|as|about|if|whether|something|anything|nothing|stuff|one|i|i'm|i'll|i'd|i've"
     r"|maybe|there|here|to\s+know|to\s+ask)\b",
     I,
@@ -361,7 +363,8 @@ _PROJECT_NOUNS: Final = _wordset(
 )
 #: Verbs whose object is a project whatever it is called ("building a CRM").
 _MAKING: Final = _wordset(
-    "building developing creating designing prototyping bootstrapping launching built founded "
+    "building developing creating designing prototyping bootstrapping launching running "
+    "maintaining built founded "
     "co-founded cofounded created launched shipped released founder"
 )
 #: What one builds or writes in an afternoon: a task, not a project.
@@ -369,7 +372,9 @@ _THROWAWAY: Final = _wordset(
     "email e-mail message letter reply response answer prompt question function functions method "
     "class query regex script component components page form list table chart graph "
     "presentation slide slides document doc report essay post tweet comment summary outline "
-    "schedule plan routine workout meal recipe lesson resume cv spreadsheet test tests loop"
+    "schedule plan routine workout meal recipe lesson resume cv spreadsheet test tests loop "
+    "account file files folder branch ticket issue password backup profile copy note reminder "
+    "event meeting invite link query queries job"
 )
 #: Capitalised words that start an object but are not a project's name.
 _NOT_A_NAME: Final = _wordset(
@@ -836,7 +841,13 @@ def _project(ex: _Extractor, m: re.Match[str], text: str) -> Project | None:
         # "I'm writing an email", "I'm working on a bug": not a project. After
         # "building" or "founded", anything but a throwaway artefact is one.
         verb = _WS.sub(" ", m.groupdict().get("verb") or "founder").casefold()
-        if not words or len(words) > 6 or verb not in _MAKING or _THROWAWAY.intersection(words):
+        if (
+            not words
+            or len(words) > 6
+            or verb not in _MAKING
+            or _THROWAWAY.intersection(words)
+            or name == head  # no article: "running late", "building trust"
+        ):
             return None
     return Project(name=name, description=obj, details="")
 
@@ -905,12 +916,10 @@ _SUBJECT_KEYS: Final = (
     " we'",
     " my ",
     " our ",
-    " user ",
-    " user'",
+    " user",
     " the user",
     " in my ",
     " to me",
-    " to the user",
 )
 _SUBJECT_WORDS: Final = _wordset("i i'm im i've i'd i'll we we're we've we'd we'll user")
 _HELPING_WORDS: Final = _wordset("am is are have has had was were will be been")
@@ -1054,10 +1063,15 @@ def _family(words: list[str]) -> str | None:
             had = had or word in ("have", "has")
         elif word not in _SKIPPED_WORDS:
             family = _KEYWORDS.get(word)
-            if family is None and word[:1].isdigit():
-                return "age"
-            return family if family is not None or not had else "have"
+            if family is not None:
+                return family
+            if had:
+                return "have"  # "I have two kids"
+            return "age" if word[:1].isdigit() else None
     return None
+
+
+_INSTRUCTION_PREFIX: Final = "Custom instruction: "
 
 
 def _verbatim(source: Source, sentence: str) -> _Found:
@@ -1068,7 +1082,7 @@ def _verbatim(source: Source, sentence: str) -> _Found:
     """
     text = _as_sentence(_WS.sub(" ", sentence))
     if source == "instructions" and not _is_third_person(text):
-        return _Found("preferences", 0, f"Custom instruction: {text}")
+        return _Found("preferences", 0, f"{_INSTRUCTION_PREFIX}{text}")
     if _PREFERENCE_WORDS.search(text):
         return _Found("preferences", 0, text)
     if _BELIEF_WORDS.search(text):
@@ -1375,6 +1389,7 @@ _INNER_REPLACEMENT: Final[dict[str, str]] = {
     "user's": "their",
     "the user's": "their",
 }
+_FIRST_PERSON_LEAD: Final = re.compile(r"(?:I\b|I'|Im\b|(?:the\s+)?user\b(?!'))", I)
 _MODALS: Final = _wordset(
     "can could will would should must might may cannot can't won't never shall"
 )
@@ -1528,9 +1543,15 @@ def _join(names: list[str]) -> str:
 
 def _user_section(p: _Profile) -> Section:
     names = [n for n, _ in p.projects if n]
-    summary = [third_person(p.background[0]) if p.background else "The user."]
+    summary = [
+        third_person(p.background[0])
+        if p.background
+        else "Who the user is, from what they have said about themselves."
+    ]
     if names:
         summary.append(f"Works on {_join(names[:4])}.")
+    if p.topics:
+        summary.append(f"Talks most about {_join(p.topics[:5])}.")
     summary.append(
         f"Written from {p.fact_count} remembered facts and {p.samples} sample conversations "
         "by the offline rule-based writer, in the user's own words."
@@ -1543,8 +1564,6 @@ def _user_section(p: _Profile) -> Section:
     points += [
         f"Important date: {d} \u2014 {e}" if d else f"Important date: {e}" for d, e in p.dates[:3]
     ]
-    if p.topics:
-        points.append(f"Talks most about: {', '.join(p.topics[:6])}.")
     if not points:
         points.append("Has not said much about themselves yet: ask rather than assume.")
     return Section(title="USER", summary=" ".join(summary), points=points[:12])
@@ -1614,8 +1633,18 @@ def _identity_section(p: _Profile) -> Section:
     return Section(title="IDENTITY", summary=summary, points=points[:12])
 
 
+def _agreement(preference: str) -> str:
+    """A stated preference as an instruction to the assistant."""
+    if preference.startswith(_INSTRUCTION_PREFIX):
+        return preference.removeprefix(_INSTRUCTION_PREFIX)
+    described = third_person(preference)
+    if _FIRST_PERSON_LEAD.match(preference):
+        return f"Respect that the user {described[:1].lower()}{described[1:]}"
+    return f"Keep in mind: {described}"
+
+
 def _agents_section(p: _Profile) -> Section:
-    points = [f"Honour the preference: {third_person(x)}" for x in p.preferences[:6]]
+    points = [_agreement(x) for x in p.preferences[:6]]
     points += [f"Build on the decision: {third_person(d)}" for d in p.decisions[:4]]
     if p.dates:
         points.append("Keep the user's important dates in mind when planning or scheduling.")
@@ -1641,7 +1670,12 @@ def _tools_section(p: _Profile) -> Section:
         tool = tool.strip(" .,")
         key = tool.casefold()
         display = _TOOL_DISPLAY.get(key, tool)
-        if len(tool) > 1 and normalise(tool) not in project_names and display not in found:
+        words = f" {normalise(display)} "
+        if (
+            len(tool) > 1
+            and normalise(tool) not in project_names
+            and not any(words in f" {normalise(known)} " for known in found)
+        ):
             found[display] = where
 
     for name, description in p.projects:

@@ -124,6 +124,8 @@ def test_relative_dates_need_the_conversation_date() -> None:
         "I strongly believe privacy should be the default, not a setting.",
         "I believe in shipping small increments.",
         "I think everyone should own their data.",
+        "I believe that everyone deserves good healthcare.",
+        "I am convinced that testing saves time.",
         "I deeply value honesty in code review.",
         "I care a lot about accessibility.",
         "Privacy matters to me.",
@@ -171,6 +173,10 @@ def test_decisions(sentence: str, decision: str, context: str) -> None:
         "I live in Berlin with my partner.",
         "I have two kids.",
         "My name is Sam.",
+        "My name's Sam.",
+        "I'm from Brazil.",
+        "I have 3 kids and a dog.",
+        "I'm 34 years old.",
     ],
 )
 def test_background_goes_to_decisions_and_context(sentence: str) -> None:
@@ -193,10 +199,35 @@ def test_background_goes_to_decisions_and_context(sentence: str) -> None:
         "He said I love pizza.",
         "The user prefers dark mode in our app.",
         "the data model cache queue retry trigger.",
+        "I think we should use Redis here.",
+        "I think the problem is in my loop, it never ends.",
+        "I created an account.",
+        "I'm building a function that parses dates.",
+        "I'm running late.",
+        "I believe so.",
+        "I'm into it.",
     ],
 )
 def test_no_fact(sentence: str) -> None:
     assert facts_of(sentence) == Facts()
+
+
+def test_building_anything_but_a_throwaway_is_a_project() -> None:
+    facts = facts_of("I'm building a small CRM for my wife's bakery using Django.")
+    assert facts.projects == [
+        Project(name="small CRM", description="a small CRM for my wife's bakery using Django")
+    ]
+
+
+def test_a_second_first_person_clause_is_cut_off() -> None:
+    facts = facts_of(
+        "I'm a teacher and I need a lesson plan.",
+        "I'm building Lumen, a journaling app, and I need help with auth.",
+    )
+    assert facts == Facts(
+        projects=[Project(name="Lumen", description="a journaling app")],
+        decisions=[Decision(decision="I'm a teacher.")],
+    )
 
 
 def test_filler_before_the_subject_is_trimmed() -> None:
@@ -519,12 +550,23 @@ async def test_sections() -> None:
     assert any("privacy" in p for p in sections.soul.points)
     assert any("short" in p.casefold() for p in sections.identity.points)
     assert any("Postgres" in p for p in sections.agents.points)
+    assert "Respect that the user really prefers short bullet-point answers." in (
+        sections.agents.points
+    )
     tools = " ".join(sections.tools.points)
     for tool in ("Next.js", "Supabase", "Postgres", "Python", "Docker"):
         assert tool in tools
     again = await OfflineProvider().write_sections(memory, samples)
     assert again == result
     assert result.usage.calls == 1 and result.model == MODEL
+
+
+async def test_custom_instructions_become_agent_instructions() -> None:
+    provider = OfflineProvider()
+    facts = (await provider.extract_facts(item("Custom instructions: Be concise."))).value
+    memory = (await provider.write_memory(facts)).value
+    sections = (await provider.write_sections(memory, [])).value
+    assert "Be concise." in sections.agents.points
 
 
 async def test_sections_from_nothing_are_still_usable() -> None:

@@ -1,0 +1,133 @@
+"""The map step: checkpoints, resume without paying twice, batch mode, token thrift."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from jobs.extract import condense_transcript
+from tests.conftest import USER_A, make_settings, query
+from tests.fakes.fake_anthropic import FakeAnthropicServer
+from tests.helpers import drive, import_row, stage_rows, submit
+from worker import runner
+from worker.llm.anthropic_provider import AnthropicProvider
+from worker.settings import Settings
+
+
+def test_condense_keeps_user_words_and_trims_assistant_turns() -> None:
+    content = (
+        "User: I really prefer vim keybindings. " + "x" * 50 + "\n\n"
+        "Assistant: " + "long answer " * 100 + "\n\n"
+        "User (continued): and tabs over spaces."
+    )
+    out = condense_transcript(content, assistant_chars=40)
+    assert "I really prefer vim keybindings." in out
+    assert "and tabs over spaces." in out
+    assert len(out) < 200
+    assert condense_transcript("Assistant: only the model speaks here.") == ""
+    assert condense_transcript("Assistant (continued): tail\n\nUser: hi there") == (
+        "Assistant (continued): tail\n\nUser: hi there"
+    )
+
+
+def _settings(db_dsn: str, tmp_path: Path, fake: FakeAnthropicServer, **kw: Any) -> Settings:
+    return make_settings(db_dsn, tmp_path, **fake.settings_env(), **kw)
+
+
+async def _deps(settings: Settings, pool: AsyncConnectionPool[Any]) -> runner.Deps:
+    return runner.Deps(settings=settings, pool=pool, llm=AnthropicProvider(settings))
+
+
+async def test_resume_after_interruption_never_pays_twice_for_a_chunk(
+    db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any], fake_anthropic: FakeAnthropicServer
+) -> None:
+    settings = _settings(db_dsn, tmp_path, fake_anthropic, FULLPASS_CONCURRENCY=4)
+    deps = await _deps(settings, pool)
+    import_id = submit(settings, USER_A)
+    await drive(deps, db_dsn, import_id, until="chunk")
+    total = import_row(db_dsn, import_id)["chunk_count"]
+
+    fake_anthropic.latency = 0.05
+    run = asyncio.create_task(drive(deps, db_dsn, import_id, until="extract"))
+    while query(db_dsn, "select count(*) as n from chunk_facts")[0]["n"] < total // 3:
+        await asyncio.sleep(0.01)
+    run.cancel()  # the worker dies mid-map
+    await asyncio.gather(run, return_exceptions=True)
+    done_before = {
+        r["id"]
+        for r in query(
+            db_dsn,
+            "select c.id::text as id from conversation_chunks c"
+            " join chunk_facts f on f.chunk_id = c.id",
+        )
+    }
+    assert 0 < len(done_before) < total
+    # The interrupted job stays 'doing'; the sweeper would requeue it. Do that by hand here.
+    query(db_dsn, "update procrastinate_jobs set status = 'todo' where status = 'doing'")
+    fake_anthropic.latency = 0.0
+    await drive(deps, db_dsn, import_id)
+    assert import_row(db_dsn, import_id)["status"] == "complete"
+
+    rows = query(db_dsn, "select c.id::text as id, c.content from conversation_chunks c")
+    counts = fake_anthropic.extraction_counts()
+    for row in rows:
+        key = fake_anthropic.key_of(condense_transcript(row["content"]))
+        if row["id"] in done_before:
+            assert counts[key] <= 1, "a checkpointed chunk was extracted again"
+    assert query(db_dsn, "select count(*) as n from chunk_facts")[0]["n"] == total
+    assert stage_rows(db_dsn, import_id)["extract"]["attempts"] == 2
+
+
+async def test_batch_mode_submits_polls_and_collects(
+    db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any], fake_anthropic: FakeAnthropicServer
+) -> None:
+    settings = _settings(
+        db_dsn, tmp_path, fake_anthropic, FULLPASS_BATCH=True, FULLPASS_BATCH_POLL_SECONDS=0.2
+    )
+    deps = await _deps(settings, pool)
+    import_id = submit(settings, USER_A)
+    await drive(deps, db_dsn, import_id, until="chunk")
+    fake_anthropic.batch_delay = 0.3
+    chunk = next(
+        r
+        for r in query(
+            db_dsn, "select id::text as id, content from conversation_chunks order by id"
+        )
+        if condense_transcript(r["content"])
+    )
+    fake_anthropic.set_batch_item_outcome(chunk["id"], "errored")
+
+    await drive(deps, db_dsn, import_id, until="extract")  # submit, then park
+    parked = stage_rows(db_dsn, import_id)["extract"]
+    assert parked["status"] == "running" and parked["attempts"] == 0
+    assert len(parked["output"]["batch"]["ids"]) == 1
+    jobs = query(db_dsn, "select scheduled_at from procrastinate_jobs where status = 'todo'")
+    assert jobs and jobs[0]["scheduled_at"] is not None  # re-checked later, no slot held
+    assert [r for r in fake_anthropic.calls("extract") if r.method != "BATCH"] == []
+
+    await asyncio.sleep(0.4)
+    await drive(deps, db_dsn, import_id)
+    row = import_row(db_dsn, import_id)
+    assert row["status"] == "complete", row["error"]
+    out = stage_rows(db_dsn, import_id)["extract"]["output"]
+    assert out["batch"]["retried_online"] == 1
+    assert out["batch"]["succeeded"] == out["batch"]["submitted"] - 1
+    online = [r for r in fake_anthropic.calls("extract") if r.method != "BATCH"]
+    assert len(online) == 1  # only the errored item went online
+    assert query(db_dsn, "select count(*) as n from chunk_facts")[0]["n"] == row["chunk_count"]
+    assert fake_anthropic.duplicate_extractions() == {}
+
+
+async def test_sends_far_fewer_tokens_than_whole_chunks(
+    db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any], fake_anthropic: FakeAnthropicServer
+) -> None:
+    settings = _settings(db_dsn, tmp_path, fake_anthropic)
+    deps = await _deps(settings, pool)
+    import_id = submit(settings, USER_A)
+    await drive(deps, db_dsn, import_id, until="extract")
+    whole = query(db_dsn, "select sum(token_count) as t from conversation_chunks")[0]["t"]
+    sent = stage_rows(db_dsn, import_id)["extract"]["input_tokens"]
+    assert 0 < sent < whole * 0.5
