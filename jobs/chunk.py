@@ -17,7 +17,7 @@ from typing import Any
 
 from jobs.context import StageContext, StageResult
 from jobs.download import local_export
-from jobs.ingest.chunker import ChunkConfig, chunk_conversation
+from jobs.ingest.chunker import TIER_TOKENS, ChunkConfig, chunk_conversation
 from jobs.ingest.model import Chunk
 from jobs.ingest.reader import Limits, ReadStats, read_export
 from worker import queries
@@ -28,7 +28,9 @@ PROGRESS_EVERY = 2000  # conversations
 
 
 def chunk_config(ctx: StageContext) -> ChunkConfig:
-    tiers = tuple(ctx.option("chunk_tiers", ["medium"]))
+    wanted = ctx.option("chunk_tiers", ["medium"])
+    names = wanted if isinstance(wanted, list) else []
+    tiers = tuple(t for t in TIER_TOKENS if t in names) or ("medium",)
     return ChunkConfig(tiers=tiers)
 
 

@@ -15,8 +15,10 @@ batches end, their results are checkpointed like online ones and whatever
 they did not answer is extracted online.
 
 Only the user's words are sent in full: assistant turns are cut to a short
-excerpt that gives the user's replies their context, which is most of the
-saving over sending chunks whole.
+excerpt that gives the user's replies their context, and small chunks are
+packed together (each under its own conversation header) up to
+``PACK_TOKENS`` per call. The facts of a pack are attributed back to the chunk
+whose words they share most, so every fact keeps its source chunk and date.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ CHECK_CURRENT_EVERY = 25  # chunks
 
 _SPEAKER = re.compile(r"^(User|Assistant|Saved memory|Custom instructions)(?: \(continued\))?:\s?")
 PAGE = 200  # chunk contents read per query
+#: Condensed transcript tokens packed into one call. Small chunks (short
+#: conversations) share a call, so the fixed cost of a call — instructions and
+#: tool schema — is paid once per pack instead of once per chunk.
+PACK_TOKENS = 6000
 BATCH_SIZE = 10_000  # requests per Message Batch
 
 
@@ -136,6 +142,7 @@ async def extract(ctx: StageContext) -> StageResult:
     output: dict[str, Any] = {
         "tier": tier,
         "chunks": total,
+        "calls": state.calls,
         "extracted_now": state.extracted,
         "skipped_no_user_text": state.skipped,
         "failed_chunks": int(summary["failed"]),
@@ -154,8 +161,25 @@ class _MapState:
     completed: int = 0
     extracted: int = 0
     skipped: int = 0
+    calls: int = 0
     transient_failures: int = 0
     last_transient: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    chunk_id: str
+    content_hash: str
+    header: str
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """One model call: a single chunk, or several small ones packed together."""
+
+    members: tuple[_Member, ...]
+    item: ExtractionInput
 
 
 async def _work_list(ctx: StageContext, tier: str) -> tuple[list[tuple[str, str]], int]:
@@ -197,6 +221,54 @@ async def _pages(ctx: StageContext, todo: list[tuple[str, str]]) -> AsyncIterato
         ]
 
 
+async def _groups(
+    ctx: StageContext, todo: list[tuple[str, str]], state: _MapState
+) -> AsyncIterator[_Group]:
+    """Condensed chunks packed into calls; chunks without user text are checkpointed empty."""
+    budget = int(ctx.option("pack_tokens", PACK_TOKENS)) * 4
+    pending: list[tuple[_Todo, str]] = []
+    size = 0
+    async for page in _pages(ctx, todo):
+        for item in page:
+            transcript = condense_transcript(item.content)
+            if not transcript:
+                state.skipped += 1
+                state.completed += 1
+                await _checkpoint(ctx, [(item.chunk_id, item.content_hash, Facts())], _EMPTY)
+                continue
+            if pending and size + len(transcript) > budget:
+                yield _group(pending)
+                pending, size = [], 0
+            pending.append((item, transcript))
+            size += len(transcript)
+    if pending:
+        yield _group(pending)
+
+
+def _group(items: list[tuple[_Todo, str]]) -> _Group:
+    members = tuple(
+        _Member(t.chunk_id, t.content_hash, _header(t), transcript) for t, transcript in items
+    )
+    first = items[0][0]
+    if len(items) == 1:
+        return _Group(members, _input(first, items[0][1]))
+    packed = "\n\n".join(f"{m.header}\n{m.transcript}" for m in members)
+    item = ExtractionInput(
+        chunk_id=first.chunk_id,
+        conversation_id=first.conversation_id,
+        title=f"{len(items)} conversation excerpts (each under its own header)",
+        transcript=packed,
+        conversation_date=None,
+    )
+    return _Group(members, item)
+
+
+def _header(item: _Todo) -> str:
+    when = item.created_at.date().isoformat() if item.created_at else "undated"
+    # A "System:" line: every transcript reader knows it is not the user speaking.
+    return f'System: new conversation "{item.title or "Untitled"}", dated {when}.'
+
+
 def _input(item: _Todo, transcript: str) -> ExtractionInput:
     return ExtractionInput(
         chunk_id=item.chunk_id,
@@ -212,20 +284,22 @@ async def _online(
 ) -> None:
     """Extract ``todo`` with at most ``concurrency`` calls in flight, checkpointing each."""
     limit = max(1, int(ctx.option("concurrency", ctx.settings.concurrency)))
-    queue: asyncio.Queue[_Todo | None] = asyncio.Queue(maxsize=limit * 2)
+    queue: asyncio.Queue[_Group | None] = asyncio.Queue(maxsize=limit * 2)
+    checked = state.completed
 
     async def produce() -> None:
-        async for page in _pages(ctx, todo):
-            for item in page:
-                await queue.put(item)
+        async for group in _groups(ctx, todo, state):
+            await queue.put(group)
         for _ in range(limit):
             await queue.put(None)
 
     async def consume() -> None:
-        while (item := await queue.get()) is not None:
-            await _extract_one(ctx, item, state)
-            state.completed += 1
-            if state.completed % CHECK_CURRENT_EVERY == 0:
+        nonlocal checked
+        while (group := await queue.get()) is not None:
+            await _extract_group(ctx, group, state)
+            state.completed += len(group.members)
+            if state.completed - checked >= CHECK_CURRENT_EVERY:
+                checked = state.completed
                 await ctx.ensure_current()
                 await ctx.report_progress(state.completed, total)
 
@@ -239,66 +313,103 @@ async def _online(
     await ctx.report_progress(state.completed, total)
 
 
-async def _extract_one(ctx: StageContext, item: _Todo, state: _MapState) -> None:
-    transcript = condense_transcript(item.content)
-    if not transcript:
-        state.skipped += 1
-        await _checkpoint(
-            ctx, item.chunk_id, item.content_hash, LLMResult(Facts(), Usage(), NO_CALL)
-        )
-        return
+async def _extract_group(ctx: StageContext, group: _Group, state: _MapState) -> None:
+    state.calls += 1
     try:
-        result = await ctx.llm.extract_facts(_input(item, transcript))
+        result = await ctx.llm.extract_facts(group.item)
     except LLMError as exc:
         if exc.transient:
-            state.transient_failures += 1
+            state.transient_failures += len(group.members)
             state.last_transient = error_text(exc)
             await ctx.record_usage(exc.usage)
-            return  # not checkpointed: the stage's retry tries this chunk again
-        await _checkpoint(
-            ctx,
-            item.chunk_id,
-            item.content_hash,
-            LLMResult(Facts(), exc.usage, ctx.llm.model),
-            error=error_text(exc),
-        )
+            return  # not checkpointed: the stage's retry tries these chunks again
+        failed = LLMResult(Facts(), exc.usage, ctx.llm.model)
+        rows = [(m.chunk_id, m.content_hash, Facts()) for m in group.members]
+        await _checkpoint(ctx, rows, failed, error=error_text(exc))
         return
-    state.extracted += 1
-    await _checkpoint(ctx, item.chunk_id, item.content_hash, result)
+    await _record(ctx, group, result, state)
 
 
-#: Recorded as the model of chunks that needed no call.
-NO_CALL = "none: no user text"
+async def _record(
+    ctx: StageContext, group: _Group, result: LLMResult[Facts], state: _MapState
+) -> None:
+    state.extracted += len(group.members)
+    shares = attribute(result.value, [m.transcript for m in group.members])
+    rows = [(m.chunk_id, m.content_hash, f) for m, f in zip(group.members, shares, strict=True)]
+    await _checkpoint(ctx, rows, result)
+
+
+_WORD = re.compile(r"[^\W_]{3,}", re.UNICODE)
+_EMPTY: LLMResult[Facts] = LLMResult(Facts(), Usage(), "none: no user text")
+
+
+def _stems(text: str) -> set[str]:
+    return {w[:5] for w in _WORD.findall(text.casefold())}
+
+
+def attribute(facts: Facts, transcripts: list[str]) -> list[Facts]:
+    """Split a pack's facts among its chunks: each fact goes where its words are.
+
+    Facts are short sentences built from the user's words, so the chunk that
+    holds most of a fact's (prefix-stemmed) words is its source; ties go to
+    the earlier chunk. A single-chunk pack keeps everything.
+    """
+    if len(transcripts) == 1:
+        return [facts]
+    vocab = [_stems(t) for t in transcripts]
+    out = [Facts() for _ in transcripts]
+
+    def best(text: str) -> int:
+        words = _stems(text)
+        scores = [len(words & v) for v in vocab]
+        return scores.index(max(scores))
+
+    for text in facts.preferences:
+        out[best(text)].preferences.append(text)
+    for text in facts.beliefs:
+        out[best(text)].beliefs.append(text)
+    for p in facts.projects:
+        out[best(f"{p.name} {p.description} {p.details}")].projects.append(p)
+    for d in facts.dates:
+        out[best(f"{d.event} {d.date}")].dates.append(d)
+    for c in facts.decisions:
+        out[best(f"{c.decision} {c.context}")].decisions.append(c)
+    return out
 
 
 async def _checkpoint(
     ctx: StageContext,
-    chunk_id: str,
-    content_hash: str,
+    rows: list[tuple[str, str, Facts]],
     result: LLMResult[Facts],
     *,
     error: str | None = None,
 ) -> None:
-    """One chunk's facts and token usage, committed together (fenced by generation)."""
+    """The facts of one call's chunks and its token usage, committed together.
+
+    The call's tokens are booked on its first chunk; writes are fenced by the
+    import's generation.
+    """
     usage = result.usage
+    params = [
+        {
+            "import_id": ctx.imp.id,
+            "generation": ctx.imp.generation,
+            "chunk_id": chunk_id,
+            "content_hash": content_hash,
+            "facts": Jsonb(facts.model_dump()),
+            "model": result.model or ctx.llm.model,
+            "input_tokens": usage.input_tokens if i == 0 else 0,
+            "output_tokens": usage.output_tokens if i == 0 else 0,
+            "cache_read_tokens": usage.cache_read_tokens if i == 0 else 0,
+            "error": error,
+        }
+        for i, (chunk_id, content_hash, facts) in enumerate(rows)
+    ]
     async with ctx.pool.connection() as conn, conn.transaction():
-        written = await conn.execute(
-            queries.INSERT_CHUNK_FACTS,
-            {
-                "import_id": ctx.imp.id,
-                "generation": ctx.imp.generation,
-                "chunk_id": chunk_id,
-                "content_hash": content_hash,
-                "facts": Jsonb(result.value.model_dump()),
-                "model": result.model or ctx.llm.model,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cache_read_tokens": usage.cache_read_tokens,
-                "error": error,
-            },
-        )
-        if written.rowcount == 0:
-            raise StaleJob()
+        async with conn.cursor() as cur:
+            await cur.executemany(queries.INSERT_CHUNK_FACTS, params)  # one round trip
+            if cur.rowcount < len(params):
+                raise StaleJob()
         if usage.input_tokens or usage.output_tokens:
             await conn.execute(
                 queries.ADD_USAGE,
@@ -337,37 +448,26 @@ async def _batch_phase(
             )
         ).fetchone()
     batch: dict[str, Any] | None = (row["output"] if row else {}).get("batch")
-    if batch is None or batch.get("collected"):
-        if batch is not None:
-            return None, batch
+    if batch is None:
         ids: list[str] = []
-        submitted = 0
+        groups: dict[str, list[list[str]]] = {}
         items: list[ExtractionInput] = []
-        hashes: dict[str, str] = {}
-        async for page in _pages(ctx, todo):
-            for item in page:
-                transcript = condense_transcript(item.content)
-                if not transcript:
-                    state.skipped += 1
-                    await _checkpoint(
-                        ctx, item.chunk_id, item.content_hash, LLMResult(Facts(), Usage(), NO_CALL)
-                    )
-                    continue
-                items.append(_input(item, transcript))
-                hashes[item.chunk_id] = item.content_hash
-                if len(items) >= BATCH_SIZE:
-                    ids.append(await llm.submit_batch(items))
-                    submitted += len(items)
-                    items = []
+        async for group in _groups(ctx, todo, state):
+            items.append(group.item)
+            groups[group.item.chunk_id] = [[m.chunk_id, m.content_hash] for m in group.members]
+            if len(items) >= BATCH_SIZE:
+                ids.append(await llm.submit_batch(items))
+                items = []
         if items:
             ids.append(await llm.submit_batch(items))
-            submitted += len(items)
         if not ids:
             return None, None
-        batch = {"ids": ids, "submitted": submitted, "hashes": hashes, "polls": 0}
+        submitted = sum(len(g) for g in groups.values())
+        batch = {"ids": ids, "submitted": submitted, "groups": groups, "polls": 0}
         logger.info(
-            "submitted %s chunks in %s batch(es)",
+            "submitted %s chunks in %s requests, %s batch(es)",
             submitted,
+            len(groups),
             len(ids),
             extra={"import_id": str(ctx.imp.id), "stage": ctx.stage},
         )
@@ -378,37 +478,53 @@ async def _batch_phase(
         batch["polls"] = int(batch.get("polls", 0)) + 1
         return StageResult(output={"batch": batch}, reschedule_in=poll), None
 
-    hashes = batch.get("hashes", {})
+    groups = batch.get("groups", {})
     # Chunks checkpointed by an earlier, interrupted collection are not paid twice.
     pending = {chunk_id for chunk_id, _ in todo}
     succeeded = failed = 0
     for batch_id in batch["ids"]:
-        async for chunk_id, outcome in llm.batch_results(batch_id):
-            if chunk_id not in hashes or chunk_id not in pending:
+        async for custom_id, outcome in llm.batch_results(batch_id):
+            members = groups.get(custom_id)
+            if not members or members[0][0] not in pending:
                 continue
             if isinstance(outcome, LLMError):
-                failed += 1  # left without a checkpoint: extracted online next
+                failed += len(members)  # left without a checkpoint: extracted online next
                 await ctx.record_usage(outcome.usage)
                 continue
-            succeeded += 1
-            state.extracted += 1
-            await _checkpoint(ctx, chunk_id, hashes[chunk_id], outcome)
+            succeeded += len(members)
+            await _record(ctx, await _regroup(ctx, custom_id, members), outcome, state)
         await ctx.ensure_current()
     summary = {
         "ids": batch["ids"],
         "submitted": batch["submitted"],
+        "requests": len(groups),
         "succeeded": succeeded,
         "retried_online": failed,
         "polls": batch.get("polls", 0),
-        "collected": True,
     }
     logger.info(
-        "collected batch results: %s succeeded, %s to retry online",
+        "collected batch results: %s chunks succeeded, %s to retry online",
         succeeded,
         failed,
         extra={"import_id": str(ctx.imp.id), "stage": ctx.stage},
     )
     return None, summary
+
+
+async def _regroup(ctx: StageContext, custom_id: str, members: list[list[str]]) -> _Group:
+    """A submitted pack rebuilt from its chunk ids (for attributing its facts)."""
+    async with ctx.pool.connection() as conn:
+        rows = await (
+            await conn.execute(
+                queries.CHUNKS_BY_ID,
+                {"import_id": ctx.imp.id, "ids": [chunk_id for chunk_id, _ in members]},
+            )
+        ).fetchall()
+    content = {r["id"]: r["content"] for r in rows}
+    return _Group(
+        tuple(_Member(c, h, "", condense_transcript(content.get(c, ""))) for c, h in members),
+        ExtractionInput(custom_id, "", "", "", None),
+    )
 
 
 def _extraction_tier(ctx: StageContext) -> str:

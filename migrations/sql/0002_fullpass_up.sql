@@ -55,10 +55,14 @@ CREATE TABLE public.fullpass_schema_additions (
     PRIMARY KEY (table_name, column_name)
 );
 
+-- Every function pins its search_path with pg_temp named last: left out, the
+-- session's temporary schema is searched *first* for tables and types, and a
+-- caller's temporary table could stand in for one a security-definer function
+-- (or the unqualified SQL of procrastinate's functions it calls) writes to.
 CREATE FUNCTION public.fullpass_add_column(p_table text, p_column text, p_definition text)
     RETURNS void
     LANGUAGE plpgsql
-    SET search_path = pg_catalog, public
+    SET search_path = pg_catalog, public, pg_temp
 AS $$
 BEGIN
     IF NOT EXISTS (
@@ -161,6 +165,8 @@ BEGIN
             id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
             user_id uuid NOT NULL
         );
+        -- Only what is granted below (a platform's default privileges may grant ALL).
+        REVOKE ALL ON public.conversation_chunks FROM PUBLIC, anon, authenticated;
         INSERT INTO public.fullpass_schema_additions VALUES ('conversation_chunks', '*');
     END IF;
 END
@@ -204,6 +210,8 @@ BEGIN
             user_id uuid PRIMARY KEY,
             created_at timestamptz NOT NULL DEFAULT now()
         );
+        -- Only what is granted below (a platform's default privileges may grant ALL).
+        REVOKE ALL ON public.user_profiles FROM PUBLIC, anon, authenticated;
         INSERT INTO public.fullpass_schema_additions VALUES ('user_profiles', '*');
     END IF;
 END
@@ -251,7 +259,7 @@ CREATE FUNCTION public.fullpass_defer(
     RETURNS bigint
     LANGUAGE sql
     SECURITY DEFINER
-    SET search_path = pg_catalog, public
+    SET search_path = pg_catalog, public, pg_temp
 AS $$
     SELECT (public.procrastinate_defer_jobs_v1(ARRAY[
         ROW(
@@ -271,7 +279,7 @@ CREATE FUNCTION public.fullpass_cancel_jobs(p_import_id uuid)
     RETURNS int
     LANGUAGE plpgsql
     SECURITY DEFINER
-    SET search_path = pg_catalog, public
+    SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     j record;
@@ -296,7 +304,7 @@ CREATE FUNCTION public.fullpass_mirror_profile(
     RETURNS void
     LANGUAGE plpgsql
     SECURITY DEFINER
-    SET search_path = pg_catalog, public
+    SET search_path = pg_catalog, public, pg_temp
 AS $$
 BEGIN
     UPDATE public.user_profiles
@@ -320,11 +328,13 @@ END
 $$;
 
 -- Insert triggers ---------------------------------------------------------
+-- SECURITY INVOKER on purpose: the "already in progress" check sees only the
+-- rows the inserting role may read, so an insert for another user is refused by
+-- RLS instead of naming that user's running import.
 CREATE FUNCTION public.imports_before_insert()
     RETURNS trigger
     LANGUAGE plpgsql
-    SECURITY DEFINER
-    SET search_path = pg_catalog, public
+    SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     active uuid;
@@ -357,7 +367,7 @@ CREATE FUNCTION public.imports_after_insert()
     RETURNS trigger
     LANGUAGE plpgsql
     SECURITY DEFINER
-    SET search_path = pg_catalog, public
+    SET search_path = pg_catalog, public, pg_temp
 AS $$
 BEGIN
     INSERT INTO public.import_stages (import_id, stage, "position", weight)
@@ -378,7 +388,7 @@ CREATE FUNCTION public.requeue_import(p_import_id uuid, p_from_stage text DEFAUL
     RETURNS bigint
     LANGUAGE plpgsql
     SECURITY DEFINER
-    SET search_path = pg_catalog, public
+    SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     imp public.imports;
@@ -449,7 +459,7 @@ CREATE FUNCTION public.cancel_import(p_import_id uuid)
     RETURNS boolean
     LANGUAGE plpgsql
     SECURITY DEFINER
-    SET search_path = pg_catalog, public
+    SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     imp public.imports;
@@ -544,7 +554,7 @@ CREATE POLICY imports_insert_own ON public.imports
         -- <bucket>/<user_id>/<file...>, with no empty, "." or ".." segment
         AND storage_path ~ ('^[A-Za-z0-9][A-Za-z0-9_.-]*/' || auth.uid()::text || '/[^/].*$')
         AND storage_path !~ '(^|/)\.{1,2}(/|$)'
-        AND storage_path !~ '//'
+        AND storage_path !~ '(//|/$)'
         AND storage_path !~ '[\\[:cntrl:]]'
     );
 CREATE POLICY import_stages_select_own ON public.import_stages
@@ -569,6 +579,14 @@ END
 $$;
 GRANT SELECT ON public.conversation_chunks, public.user_profiles TO authenticated;
 
+DO $$
+BEGIN
+    IF to_regclass('public.alembic_version') IS NOT NULL THEN
+        REVOKE ALL ON public.alembic_version FROM PUBLIC, anon, authenticated;
+    END IF;
+END
+$$;
+
 -- Functions: only the worker's roles may run them.
 REVOKE ALL ON FUNCTION public.requeue_import(uuid, text), public.cancel_import(uuid),
                        public.fullpass_defer(uuid, text, int, timestamptz),
@@ -584,7 +602,7 @@ GRANT EXECUTE ON FUNCTION public.requeue_import(uuid, text), public.cancel_impor
 CREATE FUNCTION public.fullpass_lock_down_queue()
     RETURNS void
     LANGUAGE plpgsql
-    SET search_path = pg_catalog, public
+    SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     r record;

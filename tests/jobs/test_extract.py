@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from jobs.extract import condense_transcript
+from jobs.extract import attribute, condense_transcript
 from tests.conftest import USER_A, make_settings, query
 from tests.fakes.fake_anthropic import FakeAnthropicServer
 from tests.helpers import drive, import_row, stage_rows, submit
 from worker import runner
 from worker.llm.anthropic_provider import AnthropicProvider
+from worker.llm.base import Facts, Project
 from worker.settings import Settings
 
 
@@ -88,7 +90,7 @@ async def test_batch_mode_submits_polls_and_collects(
         db_dsn, tmp_path, fake_anthropic, FULLPASS_BATCH=True, FULLPASS_BATCH_POLL_SECONDS=0.2
     )
     deps = await _deps(settings, pool)
-    import_id = submit(settings, USER_A)
+    import_id = submit(settings, USER_A, options='{"pack_tokens": 1}')  # one chunk per request
     await drive(deps, db_dsn, import_id, until="chunk")
     fake_anthropic.batch_delay = 0.3
     chunk = next(
@@ -131,3 +133,56 @@ async def test_sends_far_fewer_tokens_than_whole_chunks(
     whole = query(db_dsn, "select sum(token_count) as t from conversation_chunks")[0]["t"]
     sent = stage_rows(db_dsn, import_id)["extract"]["input_tokens"]
     assert 0 < sent < whole * 0.5
+
+
+def test_pack_facts_go_to_the_chunk_that_said_them() -> None:
+    facts = Facts(
+        preferences=["Prefers vim keybindings.", "Prefers tabs over spaces."],
+        projects=[Project(name="Lumen", description="A Rust CLI.")],
+    )
+    shares = attribute(
+        facts,
+        [
+            "User: I'm building Lumen, a CLI in Rust.",
+            "User: honestly I really prefer vim keybindings",
+            "User: tabs over spaces, always.",
+        ],
+    )
+    assert [s.projects for s in shares] == [facts.projects, [], []]
+    assert [s.preferences for s in shares] == [
+        [],
+        ["Prefers vim keybindings."],
+        ["Prefers tabs over spaces."],
+    ]
+
+
+async def test_small_chunks_share_calls_and_keep_recall(
+    db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any], fake_anthropic: FakeAnthropicServer
+) -> None:
+    settings = _settings(db_dsn, tmp_path, fake_anthropic)
+    deps = await _deps(settings, pool)
+    packed = submit(settings, USER_A)
+    await drive(deps, db_dsn, packed, until="extract")
+    out = stage_rows(db_dsn, packed)["extract"]["output"]
+    chunks = import_row(db_dsn, packed)["chunk_count"]
+    assert out["calls"] < chunks / 3
+    packed_facts = _distinct_facts(db_dsn, packed)
+
+    query(db_dsn, "select public.cancel_import(%s)", (packed,))
+    single = submit(settings, USER_A, options='{"pack_tokens": 1}')
+    await drive(deps, db_dsn, single, until="extract")
+    alone = stage_rows(db_dsn, single)["extract"]["output"]
+    assert alone["calls"] == chunks - alone["skipped_no_user_text"]
+    # The same facts, once each (chunks overlap, so a pack may state a fact once where
+    # two chunks sent alone state it twice).
+    assert packed_facts == _distinct_facts(db_dsn, single)
+
+
+def _distinct_facts(dsn: str, import_id: Any) -> set[tuple[str, str]]:
+    rows = query(dsn, "select facts from chunk_facts where import_id = %s", (import_id,))
+    return {
+        (category, json.dumps(item, sort_keys=True))
+        for r in rows
+        for category, items in r["facts"].items()
+        for item in items
+    }

@@ -156,7 +156,9 @@ saying it applies to them.
 3. Write each fact as one clear, self-contained sentence in the third person ("Prefers \
 short bullet-point answers.", "Believes users should own their data."), keeping names, \
 numbers and specifics.
-4. Include dates when known. The conversation date is given; use it to resolve relative dates \
+4. Include dates when known. The conversation date is given (when the excerpt holds several \
+conversations, each starts with a "System: new conversation ..." line giving its title and \
+date); use it to resolve relative dates \
 ("next Friday", "last year") and put it in a decision's context when the timing matters.
 5. Categories: preferences (likes, dislikes, habits, how they want things done), projects \
 (what they build, run or work on, with name, description and details), dates (event and \

@@ -1,0 +1,330 @@
+"""Benchmark: a full import against the fake Messages API with fixed latency.
+
+    .venv/bin/python bench/pipeline.py [--conversations 2000] [--latency 0.2] [--concurrency 10]
+
+Reports, for the extract (map) stage:
+- wall time against the ideal ``calls * latency / concurrency`` (target ≥ 0.9 of ideal);
+- LLM calls and input tokens per MB of export against the naive design (every
+  chunk sent whole, one call per 2,000-token chunk, no caching): target ≤ 25 %;
+- recall of the planted facts (``gen_export.py --facts-out``) in the extracted
+  facts (target ≥ 0.98) and decoys found (target 0);
+- estimated cost per 90 MB export at Haiku 4.5 list prices ($1 / $5 per
+  million input / output tokens; cache reads at 0.1x, batch at 0.5x).
+
+Tokens are counted the way the fake server counts them (4 characters a token)
+for both designs, so the comparison is like for like. Results go to
+``bench/results/pipeline.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zipfile
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import psycopg  # noqa: E402
+from psycopg.rows import dict_row  # noqa: E402
+
+from worker import embedded, migrate  # noqa: E402
+from worker.llm.anthropic_provider import AnthropicProvider  # noqa: E402
+from worker.llm.base import ExtractionInput  # noqa: E402
+from worker.service import run_worker  # noqa: E402
+from worker.settings import Settings  # noqa: E402
+
+GEN_EXPORT = REPO.parent / "shared" / "tools" / "gen_export.py"
+RESULTS = REPO / "bench" / "results" / "pipeline.json"
+#: The fake Messages API runs in its own process, as the real one would: in this
+#: process its threads would compete with the worker for the GIL.
+FAKE_SERVER = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from tests.fakes.fake_anthropic import FakeAnthropicServer
+with FakeAnthropicServer(latency=float(sys.argv[1])) as fake:
+    print(json.dumps(fake.settings_env()), flush=True)
+    sys.stdin.read()
+    served = [r for r in fake.requests if r.kind == "extract"]
+    times = [r.finished - r.started for r in served if r.finished is not None]
+    print(json.dumps({
+        "calls": len(served),
+        "cache_read": sum(r.cache_read_tokens for r in served),
+        "cache_write": sum(r.cache_creation_tokens for r in served),
+        "max_in_flight": fake.max_in_flight,
+        "mean_call_s": sum(times) / max(len(times), 1),
+    }), flush=True)
+"""
+PRICE_IN, PRICE_OUT, CACHE_READ_FACTOR, BATCH_FACTOR = 1.0, 5.0, 0.1, 0.5
+
+
+_WORD = re.compile(r"[^\W_]{3,}")
+_STOP = frozenset(
+    [
+        "really",
+        "strongly",
+        "the",
+        "and",
+        "for",
+        "with",
+        "that",
+        "this",
+        "not",
+        "was",
+        "are",
+        "our",
+        "its",
+    ]
+)
+
+
+def stems(text: str) -> frozenset[str]:
+    """Content words cut to 5 letters: "I really prefer X" and "Prefers X" share them."""
+    return frozenset(w[:5] for w in _WORD.findall(text.casefold()) if w not in _STOP)
+
+
+def covers(fact: frozenset[str], planted: frozenset[str]) -> bool:
+    return bool(planted) and len(planted & fact) / len(planted) >= 0.75
+
+
+def rows(dsn: str, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def fresh_database(server_dsn: str) -> str:
+    name = f"fullpass_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    params = psycopg.conninfo.conninfo_to_dict(server_dsn)
+    params["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def naive_tokens(provider: AnthropicProvider, chunks: list[dict[str, Any]]) -> int:
+    """Input tokens if every chunk were sent whole, one call each, without caching."""
+    total = 0
+    for c in chunks:
+        params = provider._extract_params(
+            ExtractionInput(c["id"], c["conversation_id"], c["title"], c["content"], None)
+        )
+        system = "".join(b["text"] for b in params["system"])
+        text = (
+            json.dumps(params["tools"], sort_keys=True) + system + params["messages"][0]["content"]
+        )
+        total += -(-len(text) // 4)
+    return total
+
+
+def recall(dsn: str, facts_file: Path) -> dict[str, Any]:
+    planted = json.loads(facts_file.read_text())
+    by_conv: dict[str, list[frozenset[str]]] = {}
+    for r in rows(
+        dsn,
+        "select c.conversation_id, f.facts from chunk_facts f"
+        " join conversation_chunks c on c.id = f.chunk_id",
+    ):
+        strings = by_conv.setdefault(r["conversation_id"], [])
+        for items in r["facts"].values():
+            for item in items:
+                strings.append(stems(item if isinstance(item, str) else " ".join(item.values())))
+    found = sum(
+        1
+        for f in planted["facts"]
+        if any(covers(s, stems(f["text"])) for s in by_conv.get(f["conversation_id"], []))
+    )
+    real = {(f["conversation_id"], stems(f["text"])) for f in planted["facts"]}
+    decoys = [
+        d
+        for d in planted["decoys"]
+        if (d["conversation_id"], stems(d["text"])) not in real
+        and any(covers(s, stems(d["text"])) for s in by_conv.get(d["conversation_id"], []))
+    ]
+    n = len(planted["facts"])
+    return {
+        "planted": n,
+        "found": found,
+        "recall": round(found / n, 4) if n else 1.0,
+        "decoys_found": len(decoys),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="fullpass-bench-"))
+    export, facts = work / "export.zip", work / "facts.json"
+    subprocess.run(  # noqa: ASYNC221 (set-up, before anything is timed)
+        [
+            sys.executable,
+            str(GEN_EXPORT),
+            "--conversations",
+            str(args.conversations),
+            "--seed",
+            str(args.seed),
+            "--zip",
+            "-o",
+            str(export),
+            "--facts-out",
+            str(facts),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    import os
+
+    server_dsn = os.environ.get("DATABASE_URL") or embedded.ensure_server(work / "home")
+    dsn = fresh_database(server_dsn)
+    migrate.upgrade(dsn)
+    user = uuid.uuid4()
+    storage_path = f"user-imports/{user}/export.zip"
+    target = work / "storage" / storage_path
+    target.parent.mkdir(parents=True)
+    target.write_bytes(export.read_bytes())
+
+    fake = subprocess.Popen(  # noqa: ASYNC220 (started before anything is timed)
+        [sys.executable, "-c", FAKE_SERVER, str(args.latency), str(REPO)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert fake.stdin is not None and fake.stdout is not None
+    fake_env = json.loads(fake.stdout.readline())
+    try:
+        env: dict[str, Any] = {
+            "DATABASE_URL": dsn,
+            "FULLPASS_HOME": str(work / "home"),
+            "FULLPASS_STORAGE_DIR": str(work / "storage"),
+            "FULLPASS_CONCURRENCY": args.concurrency,
+            "FULLPASS_GLOBAL_CONCURRENCY": max(args.concurrency, 20),
+            "FULLPASS_LOG_LEVEL": "WARNING",
+            **fake_env,
+        }
+        settings = Settings(**env)
+        import_id = rows(
+            dsn,
+            "insert into imports (user_id, storage_path) values (%s, %s) returning id",
+            (user, storage_path),
+        )[0]["id"]
+        started = time.monotonic()
+        worker = asyncio.create_task(
+            run_worker(settings, install_signal_handlers=False, concurrency=2)
+        )
+        try:
+            while True:
+                row = rows(dsn, "select status, error from imports where id = %s", (import_id,))[0]
+                if row["status"] in ("complete", "failed"):
+                    break
+                if worker.done():
+                    worker.result()
+                await asyncio.sleep(0.2)
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        total_wall = time.monotonic() - started
+        if row["status"] != "complete":
+            raise SystemExit(f"import failed: {row['error']}")
+        provider = AnthropicProvider(settings)
+        chunks = rows(
+            dsn,
+            "select id::text as id, conversation_id, coalesce(title, '') as title, content"
+            " from conversation_chunks where import_id = %s",
+            (import_id,),
+        )
+        naive = naive_tokens(provider, chunks)
+        await provider.aclose()
+        fake.stdin.close()
+        served = json.loads(fake.stdout.readline())
+        fake.wait(timeout=30)
+        extract_calls = served["calls"]
+    finally:
+        if fake.poll() is None:
+            fake.kill()
+
+    stage = rows(
+        dsn,
+        "select started_at, finished_at, input_tokens, output_tokens from import_stages"
+        " where import_id = %s and stage = 'extract'",
+        (import_id,),
+    )[0]
+    imp = rows(dsn, "select * from imports where id = %s", (import_id,))[0]
+    extract_s = (stage["finished_at"] - stage["started_at"]).total_seconds()
+    ideal_s = extract_calls * args.latency / args.concurrency
+    cache_read, cache_write = served["cache_read"], served["cache_write"]
+    prompt_tokens = stage["input_tokens"] + cache_read + cache_write
+    mb = export.stat().st_size / 1e6
+    with zipfile.ZipFile(export) as z:
+        json_mb = z.getinfo("conversations.json").file_size / 1e6
+    billed_in = stage["input_tokens"] + cache_write * 1.25 + cache_read * CACHE_READ_FACTOR
+    per_mb = 90 / json_mb
+    cost_online = (
+        (
+            (imp["input_tokens"] - stage["input_tokens"] + billed_in) * PRICE_IN
+            + imp["output_tokens"] * PRICE_OUT
+        )
+        / 1e6
+        * per_mb
+    )
+    extract_cost = (billed_in * PRICE_IN + stage["output_tokens"] * PRICE_OUT) / 1e6 * per_mb
+    cost_batch = cost_online - extract_cost * (1 - BATCH_FACTOR)
+    result: dict[str, Any] = {
+        "date": date.today().isoformat(),
+        "conversations": args.conversations,
+        "export_zip_mb": round(mb, 2),
+        "export_json_mb": round(json_mb, 2),
+        "chunks": len(chunks),
+        "latency_s": args.latency,
+        "concurrency": args.concurrency,
+        "total_wall_s": round(total_wall, 2),
+        "extract": {
+            "calls": extract_calls,
+            "wall_s": round(extract_s, 2),
+            "ideal_s": round(ideal_s, 2),
+            "efficiency": round(ideal_s / extract_s, 3) if extract_s else None,
+            "max_in_flight": served["max_in_flight"],
+            "mean_server_call_s": round(served["mean_call_s"], 3),
+            "calls_per_json_mb": round(extract_calls / json_mb, 1),
+            "naive_calls_per_json_mb": round(len(chunks) / json_mb, 1),
+            "prompt_tokens": prompt_tokens,
+            "uncached_input_tokens": stage["input_tokens"],
+            "cache_read_tokens": cache_read,
+            "naive_input_tokens": naive,
+            "prompt_share_of_naive": round(prompt_tokens / naive, 3),
+            "billed_input_share_of_naive": round(billed_in / naive, 3),
+            "input_tokens_per_json_mb": round(prompt_tokens / json_mb),
+            "naive_input_tokens_per_json_mb": round(naive / json_mb),
+            "output_tokens": stage["output_tokens"],
+        },
+        "facts": recall(dsn, facts),
+        "cost_per_90mb_usd": {"online": round(cost_online, 2), "batch": round(cost_batch, 2)},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--conversations", type=int, default=2000)
+    p.add_argument("--latency", type=float, default=0.2)
+    p.add_argument("--concurrency", type=int, default=10)
+    p.add_argument("--seed", type=int, default=7)
+    result = asyncio.run(run(p.parse_args()))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
