@@ -22,7 +22,6 @@ from worker.db import Conn
 from worker.llm.base import LLMProvider, Usage
 from worker.settings import Settings
 
-
 #: Per-import options that take numbers, and the range each is clamped to.
 OPTION_BOUNDS: dict[str, tuple[float, float]] = {
     "concurrency": (1, 50),
