@@ -70,23 +70,8 @@ PRICE_IN, PRICE_OUT, CACHE_READ_FACTOR, BATCH_FACTOR = 1.0, 5.0, 0.1, 0.5
 
 
 _WORD = re.compile(r"[^\W_]{3,}")
-_STOP = frozenset(
-    [
-        "really",
-        "strongly",
-        "the",
-        "and",
-        "for",
-        "with",
-        "that",
-        "this",
-        "not",
-        "was",
-        "are",
-        "our",
-        "its",
-    ]
-)
+STOP_WORDS = "really strongly the and for with that this not was are our its"
+_STOP = frozenset(STOP_WORDS.split(" "))
 
 
 def stems(text: str) -> frozenset[str]:
@@ -94,8 +79,16 @@ def stems(text: str) -> frozenset[str]:
     return frozenset(w[:5] for w in _WORD.findall(text.casefold()) if w not in _STOP)
 
 
+MONTH_NAMES = (
+    "january february march april may june july august september october november december"
+)
+_MONTHS = frozenset(m[:5] for m in MONTH_NAMES.split(" "))
+
+
 def covers(fact: frozenset[str], planted: frozenset[str]) -> bool:
-    return bool(planted) and len(planted & fact) / len(planted) >= 0.75
+    """Most of the planted fact's words, and every one of its numbers and months."""
+    exact = {w for w in planted if any(c.isdigit() for c in w) or w in _MONTHS}
+    return bool(planted) and len(planted & fact) / len(planted) >= 0.75 and exact <= fact
 
 
 def rows(dsn: str, sql: str, params: Any = None) -> list[dict[str, Any]]:
@@ -292,6 +285,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "wall_s": round(extract_s, 2),
             "ideal_s": round(ideal_s, 2),
             "efficiency": round(ideal_s / extract_s, 3) if extract_s else None,
+            # Against the time calls really took at the server (latency plus the
+            # fake's own processing, on the same two cores as the worker).
+            "efficiency_vs_served_time": round(
+                extract_calls * served["mean_call_s"] / args.concurrency / extract_s, 3
+            )
+            if extract_s
+            else None,
             "max_in_flight": served["max_in_flight"],
             "mean_server_call_s": round(served["mean_call_s"], 3),
             "calls_per_json_mb": round(extract_calls / json_mb, 1),

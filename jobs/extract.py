@@ -48,7 +48,7 @@ from worker.redact import error_text
 
 logger = logging.getLogger("fullpass.extract")
 
-ASSISTANT_CONTEXT_CHARS = 240
+ASSISTANT_CONTEXT_CHARS = 160
 MAX_MESSAGE_CHARS = 5000
 CHECK_CURRENT_EVERY = 25  # chunks
 
@@ -57,7 +57,7 @@ PAGE = 200  # chunk contents read per query
 #: Condensed transcript tokens packed into one call. Small chunks (short
 #: conversations) share a call, so the fixed cost of a call — instructions and
 #: tool schema — is paid once per pack instead of once per chunk.
-PACK_TOKENS = 6000
+PACK_TOKENS = 10_000
 BATCH_SIZE = 10_000  # requests per Message Batch
 
 
@@ -339,6 +339,8 @@ async def _record(
     await _checkpoint(ctx, rows, result)
 
 
+#: Share of a fact's words a chunk must hold to count as stating it in full.
+FULL_MATCH = 0.8
 _WORD = re.compile(r"[^\W_]{3,}", re.UNICODE)
 _EMPTY: LLMResult[Facts] = LLMResult(Facts(), Usage(), "none: no user text")
 
@@ -351,29 +353,39 @@ def attribute(facts: Facts, transcripts: list[str]) -> list[Facts]:
     """Split a pack's facts among its chunks: each fact goes where its words are.
 
     Facts are short sentences built from the user's words, so the chunk that
-    holds most of a fact's (prefix-stemmed) words is its source; ties go to
-    the earlier chunk. A single-chunk pack keeps everything.
+    holds most of a fact's (prefix-stemmed) words is its source. A fact that
+    several chunks state in full (the same preference in two conversations)
+    belongs to each of them; a weaker tie goes to the earlier chunk. A
+    single-chunk pack keeps everything.
     """
     if len(transcripts) == 1:
         return [facts]
     vocab = [_stems(t) for t in transcripts]
     out = [Facts() for _ in transcripts]
 
-    def best(text: str) -> int:
+    def owners(text: str) -> list[int]:
         words = _stems(text)
         scores = [len(words & v) for v in vocab]
-        return scores.index(max(scores))
+        top = max(scores)
+        if top and top >= FULL_MATCH * len(words):
+            return [i for i, s in enumerate(scores) if s == top]
+        return [scores.index(top)]
 
     for text in facts.preferences:
-        out[best(text)].preferences.append(text)
+        for i in owners(text):
+            out[i].preferences.append(text)
     for text in facts.beliefs:
-        out[best(text)].beliefs.append(text)
+        for i in owners(text):
+            out[i].beliefs.append(text)
     for p in facts.projects:
-        out[best(f"{p.name} {p.description} {p.details}")].projects.append(p)
+        for i in owners(f"{p.name} {p.description} {p.details}"):
+            out[i].projects.append(p)
     for d in facts.dates:
-        out[best(f"{d.event} {d.date}")].dates.append(d)
+        for i in owners(f"{d.event} {d.date}"):
+            out[i].dates.append(d)
     for c in facts.decisions:
-        out[best(f"{c.decision} {c.context}")].decisions.append(c)
+        for i in owners(f"{c.decision} {c.context}"):
+            out[i].decisions.append(c)
     return out
 
 

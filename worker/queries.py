@@ -64,7 +64,7 @@ SELECT 1 FROM public.imports
 
 FINISH_STAGE: LiteralString = """
 UPDATE public.import_stages
-   SET status = 'done', finished_at = now(), updated_at = now(), error = NULL,
+   SET status = 'done', finished_at = clock_timestamp(), updated_at = now(), error = NULL,
        output = %(output)s,
        items_done = coalesce(items_total, items_done)
  WHERE import_id = %(import_id)s AND stage = %(stage)s
