@@ -17,6 +17,7 @@ from typing import Any
 
 from jobs.context import StageContext, StageResult
 from jobs.download import local_export
+from jobs.errors import BadInput
 from jobs.ingest.chunker import TIER_TOKENS, ChunkConfig, chunk_conversation
 from jobs.ingest.model import Chunk
 from jobs.ingest.reader import Limits, ReadStats, read_export
@@ -43,9 +44,13 @@ async def chunk(ctx: StageContext) -> StageResult:
     now = datetime.now(UTC)
 
     def rows() -> Iterator[tuple[Any, ...]]:
-        for conv in read_export(path, limits, stats):
-            for c in chunk_conversation(conv, namespace=ctx.imp.id, now=now, config=config):
-                yield _row(ctx, c)
+        try:
+            for conv in read_export(path, limits, stats):
+                for c in chunk_conversation(conv, namespace=ctx.imp.id, now=now, config=config):
+                    yield _row(ctx, c)
+        except BadInput as exc:
+            # Name the upload the operator knows, not this machine's scratch copy.
+            raise BadInput(str(exc).replace(path.name, ctx.imp.storage_path)) from None
 
     async def commit(conn: Conn) -> None:
         await conn.execute(queries.DELETE_CHUNKS, {"import_id": ctx.imp.id})

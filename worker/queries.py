@@ -19,7 +19,7 @@ WITH imp AS (
     SELECT * FROM public.imports
      WHERE id = %(import_id)s AND generation = %(generation)s
        AND status IN ('pending', 'processing')
-     FOR UPDATE
+     FOR NO KEY UPDATE
 ), st AS (
     UPDATE public.import_stages s
        SET status = 'running', attempts = s.attempts + 1, error = NULL,
@@ -54,7 +54,7 @@ SELECT stage, output FROM public.import_stages
 LOCK_CURRENT: LiteralString = """
 SELECT id FROM public.imports
  WHERE id = %(import_id)s AND generation = %(generation)s AND status = 'processing'
- FOR UPDATE
+ FOR NO KEY UPDATE
 """
 
 IS_CURRENT: LiteralString = """
@@ -114,7 +114,7 @@ WITH imp AS (
     SELECT id FROM public.imports
      WHERE id = %(import_id)s AND generation = %(generation)s
        AND status IN ('pending', 'processing')
-     FOR UPDATE
+     FOR NO KEY UPDATE
 ), st AS (
     UPDATE public.import_stages s
        SET status = CASE WHEN %(final)s THEN 'failed' ELSE 'pending' END,

@@ -396,7 +396,7 @@ DECLARE
     from_pos smallint;
     other uuid;
 BEGIN
-    SELECT * INTO imp FROM public.imports WHERE id = p_import_id FOR UPDATE;
+    SELECT * INTO imp FROM public.imports WHERE id = p_import_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'import % does not exist', p_import_id USING ERRCODE = 'no_data_found';
     END IF;
@@ -464,7 +464,7 @@ AS $$
 DECLARE
     imp public.imports;
 BEGIN
-    SELECT * INTO imp FROM public.imports WHERE id = p_import_id FOR UPDATE;
+    SELECT * INTO imp FROM public.imports WHERE id = p_import_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'import % does not exist', p_import_id USING ERRCODE = 'no_data_found';
     END IF;

@@ -238,7 +238,11 @@ async def test_cancel_of_a_running_import(
         await wait_status(db_dsn, import_id, ("processing",))
         while import_row(db_dsn, import_id)["stage"] != "extract" or slow.calls < 3:
             await asyncio.sleep(0.02)
-        assert query(db_dsn, "select public.cancel_import(%s) as c", (import_id,)) == [{"c": True}]
+        # From a thread: the worker shares this event loop and must keep running.
+        cancelled = await asyncio.to_thread(
+            query, db_dsn, "select public.cancel_import(%s) as c", (import_id,)
+        )
+        assert cancelled == [{"c": True}]
         # The running job is aborted: no more extraction calls after a short while.
         await asyncio.sleep(1.0)
         calls = slow.calls
