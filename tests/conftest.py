@@ -42,9 +42,24 @@ def _server_dsn() -> str:
     url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if url:
         return url
+    if os.environ.get("FULLPASS_TEST_DOCKER"):
+        return _container_dsn()
     from worker import embedded
 
     return embedded.ensure_server(TEST_HOME)
+
+
+def _container_dsn() -> str:
+    """PostgreSQL 17 with pgvector in Docker (``FULLPASS_TEST_DOCKER=1``, needs an engine)."""
+    import atexit
+
+    from testcontainers.community.postgres import PostgresContainer
+
+    container = PostgresContainer("pgvector/pgvector:pg17", driver=None)
+    container.start()
+    atexit.register(container.stop)
+    url: str = container.get_connection_url()
+    return url
 
 
 def _with_db(dsn: str, dbname: str) -> str:
