@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -293,27 +293,36 @@ async def _online(
         for _ in range(limit):
             await queue.put(None)
 
-    async def consume() -> None:
+    async def finish(write: Coroutine[Any, Any, None], n: int) -> None:
         nonlocal checked
+        await write
+        state.completed += n
+        if state.completed - checked >= CHECK_CURRENT_EVERY:
+            checked = state.completed
+            await ctx.ensure_current()
+            await ctx.report_progress(state.completed, total)
+
+    async def consume(tasks: asyncio.TaskGroup) -> None:
         while (group := await queue.get()) is not None:
-            await _extract_group(ctx, group, state)
-            state.completed += len(group.members)
-            if state.completed - checked >= CHECK_CURRENT_EVERY:
-                checked = state.completed
-                await ctx.ensure_current()
-                await ctx.report_progress(state.completed, total)
+            write = await _extract_group(ctx, group, state)
+            if write is not None:
+                # The checkpoint commits in the background: the call slot is free at once.
+                tasks.create_task(finish(write, len(group.members)))
 
     try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(produce())
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(produce())
             for _ in range(limit):
-                group.create_task(consume())
+                tasks.create_task(consume(tasks))
     except ExceptionGroup as eg:
         raise eg.exceptions[0] from None  # the first cause, not the group wrapper
     await ctx.report_progress(state.completed, total)
 
 
-async def _extract_group(ctx: StageContext, group: _Group, state: _MapState) -> None:
+async def _extract_group(
+    ctx: StageContext, group: _Group, state: _MapState
+) -> Coroutine[Any, Any, None] | None:
+    """One call; returns the checkpoint write to run (None: nothing to checkpoint)."""
     state.calls += 1
     try:
         result = await ctx.llm.extract_facts(group.item)
@@ -322,12 +331,11 @@ async def _extract_group(ctx: StageContext, group: _Group, state: _MapState) -> 
             state.transient_failures += len(group.members)
             state.last_transient = error_text(exc)
             await ctx.record_usage(exc.usage)
-            return  # not checkpointed: the stage's retry tries these chunks again
+            return None  # not checkpointed: the stage's retry tries these chunks again
         failed = LLMResult(Facts(), exc.usage, ctx.llm.model)
         rows = [(m.chunk_id, m.content_hash, Facts()) for m in group.members]
-        await _checkpoint(ctx, rows, failed, error=error_text(exc))
-        return
-    await _record(ctx, group, result, state)
+        return _checkpoint(ctx, rows, failed, error=error_text(exc))
+    return _record(ctx, group, result, state)
 
 
 async def _record(

@@ -150,6 +150,24 @@ class _Answer:
     problem: str = ""
 
 
+def _http_client(settings: Settings) -> anthropic.DefaultAsyncHttpxClient:
+    """The SDK's HTTP client with TCP_NODELAY on its sockets.
+
+    A request goes out as headers then body; with Nagle's algorithm on, the
+    body waits for the server's (delayed) ACK of the headers: ~40 ms per call,
+    a fifth of a fast call's time.
+    """
+    import socket
+
+    import httpx2
+
+    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+    transport = httpx2.AsyncHTTPTransport(
+        limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    )
+    return anthropic.DefaultAsyncHttpxClient(transport=transport, limits=limits)
+
+
 class AnthropicProvider:
     """:class:`~worker.llm.base.LLMProvider` backed by the Claude Messages API.
 
@@ -186,6 +204,7 @@ class AnthropicProvider:
                 base_url=settings.anthropic_base_url,
                 timeout=settings.llm_timeout,
                 max_retries=0,
+                http_client=_http_client(settings),
             )
             self._owns_client = True
         else:
