@@ -48,7 +48,7 @@ from worker.redact import error_text
 
 logger = logging.getLogger("fullpass.extract")
 
-ASSISTANT_CONTEXT_CHARS = 160
+ASSISTANT_CONTEXT_CHARS = 120
 MAX_MESSAGE_CHARS = 5000
 CHECK_CURRENT_EVERY = 25  # chunks
 
