@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -77,7 +78,27 @@ def workdir_for(settings: Settings, import_id: UUID) -> Path:
 
 
 async def run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) -> None:
-    """Run ``stage`` of ``import_id`` for the job of ``generation`` (see module doc)."""
+    """Run ``stage`` of ``import_id`` for the job of ``generation`` (see module doc).
+
+    The database may go away at any moment (a restart, a failover). When that
+    stops the claim, the context or the recording of a failure, the stage is
+    retried like any transient failure — its checkpoints make the rerun safe —
+    rather than ending the job with nothing recorded and no job left to carry
+    the import on.
+    """
+    try:
+        await _run_stage(deps, stage, import_id, generation)
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        message = error_text(exc)
+        logger.warning(
+            "stage interrupted by a database error, retrying: %s",
+            message,
+            extra={"import_id": str(import_id), "stage": stage, "generation": generation},
+        )
+        raise StageRetry(message, max(1.0, backoff_seconds(deps.settings, 1))) from None
+
+
+async def _run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) -> None:
     claimed = await _claim(deps.pool, stage, import_id, generation)
     if claimed is None:
         logger.info(

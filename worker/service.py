@@ -3,20 +3,32 @@
 procrastinate's workers send heartbeats; a worker that dies (``kill -9``,
 machine loss) stops sending them. The sweeper, running in every worker
 process, finds jobs still marked running by such a worker and puts them back
-in the queue, where the stage resumes from its checkpoints. A database that
-goes away is waited for with backoff, never fatal.
+in the queue, where the stage resumes from its checkpoints.
+
+A database that goes away (a restart, a failover) is waited for with backoff,
+never fatal. procrastinate's own worker stops at the first failed heartbeat,
+listener reconnection or job fetch, and may lose a job's final status;
+:class:`ResilientWorker` keeps it running through the outage instead (see
+there), and the sweeper gives every worker time to heartbeat again after a
+server restart before it calls anyone dead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import time
 from collections.abc import Iterable
+from typing import Any
 
 import procrastinate
+import psycopg
 from procrastinate import exceptions as pexc
-from procrastinate.jobs import Status
+from procrastinate import job_context
+from procrastinate import jobs as pjobs
+from procrastinate import worker as pworker
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -34,6 +46,18 @@ async def _autocommit(conn: Conn) -> None:
     await conn.set_autocommit(True)
 
 
+async def _keep_reconnecting(pool: AsyncConnectionPool[Conn]) -> None:
+    """Start reconnecting again when the pool gives up.
+
+    psycopg_pool then waits for a *new* request to try again, while the
+    requests already waiting (the heartbeat, the job fetch, the sweeper: every
+    periodic task) wait out their 30 s timeout: the worker would sit idle,
+    unseen, long after the database is back.
+    """
+    with contextlib.suppress(Exception):
+        await pool.check()  # grows the pool again when it has no connection
+
+
 def make_pool(dsn: str, *, max_size: int) -> AsyncConnectionPool[Conn]:
     return AsyncConnectionPool(
         dsn,
@@ -42,15 +66,222 @@ def make_pool(dsn: str, *, max_size: int) -> AsyncConnectionPool[Conn]:
         kwargs={"row_factory": dict_row},
         configure=_autocommit,
         check=AsyncConnectionPool.check_connection,
-        reconnect_timeout=0,  # keep trying: a database restart must not kill the worker
+        # A reconnection retries with backoff (1, 2, 4 s ...) for this long,
+        # then starts over (see _keep_reconnecting): the delay between tries
+        # stays short, so a restarted server is found again within ~2 s.
+        reconnect_timeout=5.0,
+        reconnect_failed=_keep_reconnecting,
         open=False,
         name="fullpass",
     )
 
 
-async def sweep_stalled_jobs(app: procrastinate.App, settings: Settings) -> int:
-    """Requeue jobs of workers whose heartbeat is older than the stalled timeout."""
-    jobs = await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=settings.stalled_seconds)
+def is_database_error(exc: BaseException) -> bool:
+    """The database could not be reached or dropped the session (not a bad query)."""
+    if isinstance(exc, pexc.ConnectorException):
+        exc = exc.__cause__ or exc
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+class ResilientWorker(pworker.Worker):
+    """procrastinate's worker, made to ride out database outages.
+
+    Upstream (3.10) stops the whole worker when a side task fails — one failed
+    heartbeat, or the listener failing to reconnect — and lets a failed job
+    fetch escape its run loop; a job whose final status cannot be written stays
+    ``doing`` forever under a live worker. Here:
+
+    * the heartbeat, the listener and the job fetch log the error and try
+      again (the listener with backoff, then looks for jobs deferred meanwhile);
+    * writing a job's final status is retried until the database answers;
+    * a worker that finds its registration gone (another worker declared it
+      dead and requeued its jobs) fences itself: it abandons its running jobs
+      without writing their status — they now belong to the queue — and
+      registers again.
+    """
+
+    def __init__(self, *args: Any, persist_retry_seconds: float = 60.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.persist_retry_seconds = persist_retry_seconds
+        self._fenced_job_ids: set[int] = set()
+        self._db_warned_at = 0.0
+        #: Jobs the sweeper saw marked as ours that we do not run (see the sweeper).
+        self.orphans_seen: set[int] = set()
+
+    def _db_warning(self, what: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._db_warned_at > 5.0:  # one line per outage, not one per retry
+            self._db_warned_at = now
+            logger.warning("database unavailable (%s: %s); still trying", what, error_text(exc))
+
+    async def _purge_pool(self) -> None:
+        """Drop idle pool connections that died with the server.
+
+        The pool checks a connection before lending it and, after each dead
+        one, waits 1, 2, 4 ... s before the next: a pool full of connections
+        from before a restart keeps the heartbeat waiting for many seconds.
+        """
+        pool = getattr(self.app.connector, "pool", None)
+        if isinstance(pool, AsyncConnectionPool):
+            try:
+                await pool.check()
+            except Exception as exc:
+                logger.debug("pool check failed: %s", error_text(exc))
+
+    async def _update_heartbeat(self) -> None:
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(self.update_heartbeat_interval)
+            try:
+                assert self.worker_id is not None
+                await self.app.job_manager.update_heartbeat(self.worker_id)
+                now = time.monotonic()
+                if now - last_ok > 3 * self.update_heartbeat_interval + 1:
+                    logger.warning("heartbeat resumed after a %.1fs gap", now - last_ok)
+                last_ok = now
+                registered = await self.app.connector.execute_query_one_async(
+                    "SELECT EXISTS (SELECT 1 FROM procrastinate_workers"
+                    " WHERE id = %(worker_id)s) AS registered",
+                    worker_id=self.worker_id,
+                )
+                if not registered["registered"]:
+                    await self._fence()
+            except Exception as exc:
+                if not is_database_error(exc):
+                    raise
+                self._db_warning("heartbeat", exc)
+                await self._purge_pool()
+
+    async def _fence(self) -> None:
+        running = {ctx.job.id: task for task, ctx in self._running_jobs.items()}
+        logger.error(
+            "this worker was declared dead while it was cut off from the database;"
+            " abandoning %d running job(s) to the queue and registering again",
+            len(running),
+        )
+        for job_id, task in running.items():
+            if job_id is not None:
+                self._fenced_job_ids.add(job_id)
+            task.cancel()
+        self.worker_id = await self.app.job_manager.register_worker()
+        logger.info("registered as queue worker %s", self.worker_id)
+
+    def _start_side_tasks(self) -> list[asyncio.Task[Any]]:
+        # Registered by now: the id that procrastinate_jobs.worker_id refers to.
+        logger.info("registered as queue worker %s", self.worker_id)
+        listen, self.listen_notify = self.listen_notify, False
+        try:
+            side_tasks = super()._start_side_tasks()
+        finally:
+            self.listen_notify = listen
+        if listen:
+            side_tasks.append(asyncio.create_task(self._listen(), name="listener"))
+        return side_tasks
+
+    async def _listen(self) -> None:
+        delay = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                await self.app.job_manager.listen_for_jobs(
+                    on_notification=self._handle_notification, queues=self.queues
+                )
+            except Exception as exc:
+                if not is_database_error(exc):
+                    raise
+                self._db_warning("listener", exc)
+            # The server went away (the listener is the first to notice): drop
+            # the pool's dead connections now rather than one by one later.
+            await self._purge_pool()
+            # Jobs deferred while nobody listened were never announced: look now.
+            self.wake()
+            if time.monotonic() - started > 30:
+                delay = 0.5
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 10.0)
+
+    async def _fetch_and_process_jobs(self) -> None:
+        try:
+            await super()._fetch_and_process_jobs()  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            if not is_database_error(exc) and not isinstance(exc, pexc.ConnectorException):
+                raise
+            # Also a foreign-key error when our registration was pruned: the
+            # heartbeat notices and fences. The run loop polls again shortly.
+            self._db_warning("fetching a job", exc)
+            await asyncio.sleep(random.uniform(0.5, 1.0))
+
+    async def _persist_job_status(
+        self,
+        job: pjobs.Job,
+        status: pjobs.Status,
+        retry_decision: Any,
+        context: job_context.JobContext,
+        job_result: job_context.JobResult | None,
+    ) -> None:
+        deadline = time.monotonic() + self.persist_retry_seconds
+        delay = 0.25
+        while True:
+            if job.id in self._fenced_job_ids:
+                self._fenced_job_ids.discard(job.id)
+                return  # abandoned to the queue: its status is someone else's now
+            try:
+                await super()._persist_job_status(
+                    job=job,
+                    status=status,
+                    retry_decision=retry_decision,
+                    context=context,
+                    job_result=job_result,
+                )
+                return
+            except Exception as exc:
+                if not is_database_error(exc) or time.monotonic() > deadline:
+                    # The sweeper requeues a job left ``doing`` by this worker.
+                    logger.error("could not record the end of job %s: %s", job.id, error_text(exc))
+                    return
+                self._db_warning(f"recording the end of job {job.id}", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def wake(self) -> None:
+        """Look for jobs now instead of at the next poll."""
+        self._new_job_event.set()
+
+    def running_job_ids(self) -> set[int]:
+        return {ctx.job.id for ctx in self._running_jobs.values() if ctx.job.id is not None}
+
+
+async def _server_uptime(app: procrastinate.App) -> float:
+    row = await app.connector.execute_query_one_async(
+        "SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8 AS uptime"
+    )
+    return float(row["uptime"])
+
+
+async def sweep_stalled_jobs(
+    app: procrastinate.App, settings: Settings, worker: ResilientWorker | None = None
+) -> int:
+    """Requeue jobs of workers whose heartbeat is older than the stalled timeout.
+
+    Nobody can heartbeat while the server is down: right after a restart every
+    worker gets the stalled timeout (plus time to reconnect) to check in again
+    before anyone is declared dead. With ``worker``, also requeue jobs marked
+    as run by that worker which it does not run (their end could not be
+    recorded), once seen on two sweeps in a row.
+    """
+    reconnect = max(2 * settings.heartbeat_seconds, 5.0)
+    if await _server_uptime(app) < settings.stalled_seconds + reconnect:
+        return 0
+    jobs = list(
+        await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=settings.stalled_seconds)
+    )
+    if worker is not None and worker.worker_id is not None:
+        mine = await app.job_manager.list_jobs_async(status="doing", worker_id=worker.worker_id)
+        running = worker.running_job_ids()
+        orphans = {j.id: j for j in mine if j.id is not None and j.id not in running}
+        lost = [j for i, j in orphans.items() if i in worker.orphans_seen]
+        worker.orphans_seen = set(orphans)
+        jobs.extend(lost)
     n = 0
     for job in jobs:
         try:
@@ -60,20 +291,33 @@ async def sweep_stalled_jobs(app: procrastinate.App, settings: Settings) -> int:
                 "requeued a stalled job (its worker stopped sending heartbeats)",
                 extra={"job_id": job.id, "import_id": job.task_kwargs.get("import_id")},
             )
-        except pexc.ConnectorException:
-            # Another job of this import is already queued (a requeue happened):
-            # this one is superseded.
-            await app.job_manager.finish_job(job, status=Status.FAILED, delete_job=False)
+        except pexc.ConnectorException as exc:
+            if is_database_error(exc):
+                raise
+            # Another job of this import is queued (queueing lock = import id):
+            # e.g. the next stage, or a killed job of a finished stage that was
+            # requeued before this one. Never drop this job for it — it may be
+            # the one carrying the import; a job superseded by requeue/cancel
+            # has an abort request and ends as failed above instead. Try again
+            # on a later sweep, once the queued job has started.
+            logger.info(
+                "stalled job waits for the queued job of its import to start",
+                extra={"job_id": job.id, "import_id": job.task_kwargs.get("import_id")},
+            )
     await app.job_manager.prune_stalled_workers(settings.stalled_seconds)
+    if n and worker is not None:
+        worker.wake()  # a retried job is not announced by NOTIFY: look for it now
     return n
 
 
-async def _sweeper(app: procrastinate.App, settings: Settings) -> None:
+async def _sweeper(
+    app: procrastinate.App, settings: Settings, worker: ResilientWorker | None = None
+) -> None:
     interval = max(1.0, settings.stalled_seconds / 3)
     while True:
         await asyncio.sleep(interval * random.uniform(0.8, 1.2))
         try:
-            await sweep_stalled_jobs(app, settings)
+            await sweep_stalled_jobs(app, settings, worker)
         except Exception as exc:
             logger.warning("stalled-job sweep failed: %s", error_text(exc))
 
@@ -91,7 +335,8 @@ async def run_worker(
     register_secrets(settings.secrets())
     dsn = dsn or resolve_dsn(settings)
     concurrency = concurrency or settings.worker_concurrency
-    pool = make_pool(dsn, max_size=concurrency * 2 + 4)
+    # Each running stage may hold a connection per in-flight LLM call's checkpoint.
+    pool = make_pool(dsn, max_size=concurrency * 2 + settings.concurrency + 4)
     await _open_with_backoff(pool)
     llm = make_provider(settings)
     app = tasks.build_app()
@@ -102,21 +347,32 @@ async def run_worker(
         ",".join(queues or [QUEUE]),
         llm.model,
     )
+    worker = ResilientWorker(
+        app=app,
+        queues=list(queues or [QUEUE]),
+        concurrency=concurrency,
+        wait=True,
+        install_signal_handlers=install_signal_handlers,
+        # procrastinate stops heartbeating as soon as a shutdown begins: jobs
+        # still running after the stalled timeout would be requeued elsewhere
+        # while they run here. Abort them (to be retried at once) before that.
+        shutdown_graceful_timeout=min(shutdown_graceful_timeout, settings.stalled_seconds / 2),
+        update_heartbeat_interval=settings.heartbeat_seconds,
+        # Only used by procrastinate to prune dead workers when one starts, with
+        # no regard for a server that just restarted (nobody could heartbeat):
+        # leave that to the sweeper, and prune only the long dead at start.
+        stalled_worker_timeout=max(10 * settings.stalled_seconds, 300.0),
+        fetch_job_polling_interval=2.0,
+        abort_job_polling_interval=2.0,
+        persist_retry_seconds=max(60.0, 2 * settings.stalled_seconds),
+    )
     try:
         async with app.open_async(pool):
-            sweeper = asyncio.create_task(_sweeper(app, settings), name="stalled-job sweeper")
+            sweeper = asyncio.create_task(
+                _sweeper(app, settings, worker), name="stalled-job sweeper"
+            )
             try:
-                await app.run_worker_async(
-                    queues=list(queues or [QUEUE]),
-                    concurrency=concurrency,
-                    wait=True,
-                    install_signal_handlers=install_signal_handlers,
-                    shutdown_graceful_timeout=shutdown_graceful_timeout,
-                    update_heartbeat_interval=settings.heartbeat_seconds,
-                    stalled_worker_timeout=settings.stalled_seconds,
-                    fetch_job_polling_interval=2.0,
-                    abort_job_polling_interval=2.0,
-                )
+                await _run_with_backoff(worker)
             finally:
                 sweeper.cancel()
     finally:
@@ -135,3 +391,18 @@ async def _open_with_backoff(pool: AsyncConnectionPool[Conn]) -> None:
         except Exception as exc:
             logger.warning("database unavailable (%s); still trying", error_text(exc))
             timeout = min(timeout * 2, 60.0)
+
+
+async def _run_with_backoff(worker: ResilientWorker) -> None:
+    """Run the queue worker; if the database is down at start (registration), wait for it."""
+    delay = 1.0
+    while True:
+        try:
+            await worker.run()  # type: ignore[no-untyped-call]
+            return
+        except Exception as exc:
+            if worker.worker_id is not None or not is_database_error(exc):
+                raise
+            logger.warning("database unavailable (%s); still trying", error_text(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
