@@ -28,6 +28,7 @@ import psycopg
 from procrastinate import exceptions as pexc
 from procrastinate import job_context
 from procrastinate import jobs as pjobs
+from procrastinate import sql as psql
 from procrastinate import worker as pworker
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -93,6 +94,8 @@ class ResilientWorker(pworker.Worker):
 
     * the heartbeat, the listener and the job fetch log the error and try
       again (the listener with backoff, then looks for jobs deferred meanwhile);
+      the heartbeat has a connection of its own, so that it resumes as soon as
+      the server is back, and renews the pool when it loses it;
     * writing a job's final status is retried until the database answers;
     * a worker that finds its registration gone (another worker declared it
       dead and requeued its jobs) fences itself: it abandons its running jobs
@@ -100,8 +103,15 @@ class ResilientWorker(pworker.Worker):
       registers again.
     """
 
-    def __init__(self, *args: Any, persist_retry_seconds: float = 60.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        heartbeat_dsn: str,
+        persist_retry_seconds: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.heartbeat_dsn = heartbeat_dsn
         self.persist_retry_seconds = persist_retry_seconds
         self._fenced_job_ids: set[int] = set()
         self._db_warned_at = 0.0
@@ -114,43 +124,71 @@ class ResilientWorker(pworker.Worker):
             self._db_warned_at = now
             logger.warning("database unavailable (%s: %s); still trying", what, error_text(exc))
 
-    async def _purge_pool(self) -> None:
-        """Drop idle pool connections that died with the server.
+    async def _renew_pool(self) -> None:
+        """Replace every pool connection: they all died with the server.
 
-        The pool checks a connection before lending it and, after each dead
-        one, waits 1, 2, 4 ... s before the next: a pool full of connections
-        from before a restart keeps the heartbeat waiting for many seconds.
+        The pool tests a connection before lending it, but after each dead one
+        it waits 1, 2, 4 ... s before trying the next: with a pool full of
+        connections from before a restart, the heartbeat (and everything else)
+        would wait for many seconds after the server is back. Connections in
+        use now are replaced when they are returned.
         """
         pool = getattr(self.app.connector, "pool", None)
         if isinstance(pool, AsyncConnectionPool):
             try:
-                await pool.check()
+                await pool.drain()
             except Exception as exc:
-                logger.debug("pool check failed: %s", error_text(exc))
+                logger.debug("pool drain failed: %s", error_text(exc))
 
     async def _update_heartbeat(self) -> None:
+        # Its own connection, not the pool's: a heartbeat that queues behind
+        # the pool's reconnection after a restart looks like a dead worker.
+        conn: psycopg.AsyncConnection[Any] | None = None
         last_ok = time.monotonic()
-        while True:
-            await asyncio.sleep(self.update_heartbeat_interval)
-            try:
-                assert self.worker_id is not None
-                await self.app.job_manager.update_heartbeat(self.worker_id)
+        try:
+            while True:
+                await asyncio.sleep(self.update_heartbeat_interval)
+                try:
+                    if conn is None or conn.closed:
+                        conn = await psycopg.AsyncConnection.connect(
+                            self.heartbeat_dsn, autocommit=True, connect_timeout=5
+                        )
+                    async with asyncio.timeout(max(5.0, 2 * self.update_heartbeat_interval)):
+                        registered = await self._beat(conn)
+                except (
+                    psycopg.OperationalError,
+                    psycopg.InterfaceError,
+                    TimeoutError,
+                    OSError,
+                ) as exc:
+                    self._db_warning("heartbeat", exc)
+                    if conn is not None:
+                        await conn.close()
+                        conn = None
+                        # The server went away: so did every pooled connection.
+                        await self._renew_pool()
+                    continue
                 now = time.monotonic()
                 if now - last_ok > 3 * self.update_heartbeat_interval + 1:
                     logger.warning("heartbeat resumed after a %.1fs gap", now - last_ok)
                 last_ok = now
-                registered = await self.app.connector.execute_query_one_async(
-                    "SELECT EXISTS (SELECT 1 FROM procrastinate_workers"
-                    " WHERE id = %(worker_id)s) AS registered",
-                    worker_id=self.worker_id,
-                )
-                if not registered["registered"]:
+                if not registered:
                     await self._fence()
-            except Exception as exc:
-                if not is_database_error(exc):
-                    raise
-                self._db_warning("heartbeat", exc)
-                await self._purge_pool()
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _beat(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """Send the heartbeat; False when this worker's registration is gone."""
+        assert self.worker_id is not None
+        params = {"worker_id": self.worker_id}
+        await conn.execute(psql.queries["update_heartbeat"], params)
+        cur = await conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM procrastinate_workers WHERE id = %(worker_id)s)",
+            params,
+        )
+        row = await cur.fetchone()
+        return bool(row and row[0])
 
     async def _fence(self) -> None:
         running = {ctx.job.id: task for task, ctx in self._running_jobs.items()}
@@ -192,7 +230,7 @@ class ResilientWorker(pworker.Worker):
                 self._db_warning("listener", exc)
             # The server went away (the listener is the first to notice): drop
             # the pool's dead connections now rather than one by one later.
-            await self._purge_pool()
+            await self._renew_pool()
             # Jobs deferred while nobody listened were never announced: look now.
             self.wake()
             if time.monotonic() - started > 30:
@@ -364,6 +402,7 @@ async def run_worker(
         stalled_worker_timeout=max(10 * settings.stalled_seconds, 300.0),
         fetch_job_polling_interval=2.0,
         abort_job_polling_interval=2.0,
+        heartbeat_dsn=dsn,
         persist_retry_seconds=max(60.0, 2 * settings.stalled_seconds),
     )
     try:

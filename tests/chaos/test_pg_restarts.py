@@ -129,11 +129,13 @@ def test_workers_survive_postgres_restarts(
             query(
                 dsn,
                 "select count(*) as n from procrastinate_workers"
-                " where last_heartbeat > now() - interval '2 seconds'",
+                " where last_heartbeat > now() - interval '5 seconds'",
             )[0]["n"]
         )
 
-    deadline = time.monotonic() + 5
+    # Generous under load (two cores shared with PostgreSQL and the fake API):
+    # what matters is that both workers heartbeat again, not how fast.
+    deadline = time.monotonic() + 20
     while live() < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert live() == 2, "a worker stopped heartbeating"
