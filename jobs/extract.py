@@ -307,7 +307,14 @@ async def _online(
             write = await _extract_group(ctx, group, state)
             if write is not None:
                 # The checkpoint commits in the background: the call slot is free at once.
-                tasks.create_task(finish(write, len(group.members)))
+                pending = finish(write, len(group.members))
+                try:
+                    tasks.create_task(pending)
+                except RuntimeError:
+                    # The group is shutting down: these chunks are asked again on resume.
+                    pending.close()
+                    write.close()
+                    raise
 
     try:
         async with asyncio.TaskGroup() as tasks:
