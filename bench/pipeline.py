@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,6 @@ from psycopg.rows import dict_row  # noqa: E402
 from worker import embedded, migrate  # noqa: E402
 from worker.llm.anthropic_provider import AnthropicProvider  # noqa: E402
 from worker.llm.base import ExtractionInput  # noqa: E402
-from worker.service import run_worker  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
 GEN_EXPORT = REPO.parent / "shared" / "tools" / "gen_export.py"
@@ -106,6 +106,12 @@ def fresh_database(server_dsn: str) -> str:
     return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
 
 
+def drop_database(server_dsn: str, dsn: str) -> None:
+    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+
+
 def naive_tokens(provider: AnthropicProvider, chunks: list[dict[str, Any]]) -> int:
     """Input tokens if every chunk were sent whole, one call each, without caching."""
     total = 0
@@ -155,7 +161,29 @@ def recall(dsn: str, facts_file: Path) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark; the scratch directory, database and server go unless ``--keep``."""
     work = Path(tempfile.mkdtemp(prefix="fullpass-bench-"))
+    server_dsn = os.environ.get("DATABASE_URL")
+    embedded_home = None if server_dsn else work / "home"
+    dsn = None
+    try:
+        if embedded_home is not None:
+            server_dsn = embedded.ensure_server(embedded_home)
+        assert server_dsn is not None
+        dsn = fresh_database(server_dsn)
+        return await _measure(args, work, dsn)
+    finally:
+        if args.keep:
+            print(f"kept: database {dsn}, scratch {work}", file=sys.stderr)
+        else:
+            if dsn is not None and server_dsn is not None:
+                drop_database(server_dsn, dsn)
+            if embedded_home is not None:
+                embedded.stop_server(embedded_home)
+            shutil.rmtree(work, ignore_errors=True)
+
+
+async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, Any]:
     export, facts = work / "export.zip", work / "facts.json"
     subprocess.run(  # noqa: ASYNC221 (set-up, before anything is timed)
         [
@@ -174,10 +202,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         check=True,
         capture_output=True,
     )
-    import os
-
-    server_dsn = os.environ.get("DATABASE_URL") or embedded.ensure_server(work / "home")
-    dsn = fresh_database(server_dsn)
     migrate.upgrade(dsn)
     user = uuid.uuid4()
     storage_path = f"user-imports/{user}/export.zip"
@@ -204,27 +228,37 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             **fake_env,
         }
         settings = Settings(**env)
-        import_id = rows(
-            dsn,
-            "insert into imports (user_id, storage_path) values (%s, %s) returning id",
-            (user, storage_path),
-        )[0]["id"]
-        started = time.monotonic()
-        worker = asyncio.create_task(
-            run_worker(settings, install_signal_handlers=False, concurrency=2)
+        # The worker runs in a process of its own, as in production.
+        worker = subprocess.Popen(  # noqa: ASYNC220 (started before anything is timed)
+            [sys.executable, "-m", "worker.cli", "worker", "--concurrency", "2"],
+            cwd=REPO,
+            env={**os.environ, **{k: str(v) for k, v in env.items()}},
         )
         try:
-            while True:
-                row = rows(dsn, "select status, error from imports where id = %s", (import_id,))[0]
-                if row["status"] in ("complete", "failed"):
-                    break
-                if worker.done():
-                    worker.result()
-                await asyncio.sleep(0.2)
+            while not rows(dsn, "select 1 from procrastinate_workers"):
+                if worker.poll() is not None:
+                    raise SystemExit(f"the worker exited with status {worker.returncode}")
+                await asyncio.sleep(0.1)
+            import_id = rows(
+                dsn,
+                "insert into imports (user_id, storage_path) values (%s, %s) returning id",
+                (user, storage_path),
+            )[0]["id"]
+            started = time.monotonic()
+            with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+                while True:
+                    row = conn.execute(
+                        "select status, error from imports where id = %s", (import_id,)
+                    ).fetchone()
+                    assert row is not None
+                    if row["status"] in ("complete", "failed"):
+                        break
+                    if worker.poll() is not None:
+                        raise SystemExit(f"the worker exited with status {worker.returncode}")
+                    await asyncio.sleep(0.2)
         finally:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+            worker.terminate()
+            worker.wait(timeout=60)
         total_wall = time.monotonic() - started
         if row["status"] != "complete":
             raise SystemExit(f"import failed: {row['error']}")
@@ -322,6 +356,7 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=0.2)
     p.add_argument("--concurrency", type=int, default=10)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--keep", action="store_true", help="keep the database and scratch files")
     result = asyncio.run(run(p.parse_args()))
     print(json.dumps(result, indent=2))
 
