@@ -150,22 +150,16 @@ class _Answer:
     problem: str = ""
 
 
-def _http_client(settings: Settings) -> anthropic.DefaultAsyncHttpxClient:
-    """The SDK's HTTP client with TCP_NODELAY on its sockets.
+def _http_client(settings: Settings) -> anthropic.DefaultAioHttpClient:
+    """The SDK's aiohttp transport (the ``anthropic[aiohttp]`` extra).
 
-    A request goes out as headers then body; with Nagle's algorithm on, the
-    body waits for the server's (delayed) ACK of the headers: ~40 ms per call,
-    a fifth of a fast call's time.
+    Its C HTTP parser spends ~40 % less CPU per call than the default httpx
+    transport (3.6 vs 5.8 ms on a 45 KB request): the event loop that sends
+    the calls also parses every answer, and at ten calls in flight that CPU
+    is what delays the next send. aiohttp sets TCP_NODELAY on its sockets, so
+    a request's body never waits on a delayed ACK of its headers.
     """
-    import socket
-
-    import httpx2
-
-    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
-    transport = httpx2.AsyncHTTPTransport(
-        limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-    )
-    return anthropic.DefaultAsyncHttpxClient(transport=transport, limits=limits)
+    return anthropic.DefaultAioHttpClient()
 
 
 class AnthropicProvider:
