@@ -229,18 +229,22 @@ async def _groups(
     pending: list[tuple[_Todo, str]] = []
     size = 0
     async for page in _pages(ctx, todo):
+        empty: list[tuple[str, str, Facts]] = []
         for item in page:
             transcript = condense_transcript(item.content)
             if not transcript:
-                state.skipped += 1
-                state.completed += 1
-                await _checkpoint(ctx, [(item.chunk_id, item.content_hash, Facts())], _EMPTY)
+                empty.append((item.chunk_id, item.content_hash, Facts()))
                 continue
             if pending and size + len(transcript) > budget:
                 yield _group(pending)
                 pending, size = [], 0
             pending.append((item, transcript))
             size += len(transcript)
+        if empty:
+            # One write for the page's chunks that have nothing to extract.
+            await _checkpoint(ctx, empty, _EMPTY)
+            state.skipped += len(empty)
+            state.completed += len(empty)
     if pending:
         yield _group(pending)
 
@@ -360,8 +364,28 @@ _WORD = re.compile(r"[^\W_]{3,}", re.UNICODE)
 _EMPTY: LLMResult[Facts] = LLMResult(Facts(), Usage(), "none: no user text")
 
 
+#: Every ASCII byte that cannot be part of a word becomes a space; letters,
+#: digits and the bytes of non-ASCII characters stay.
+_ASCII_SEPARATORS = bytes(b if b >= 0x80 or chr(b).isalnum() else 0x20 for b in range(256))
+
+
 def _stems(text: str) -> set[str]:
-    return {w[:5] for w in _WORD.findall(text.casefold())}
+    """The first 5 letters of every word of 3+ letters or digits, case-folded.
+
+    Same result as ``{w[:5] for w in _WORD.findall(text.casefold())}``, at a
+    fraction of the CPU: it runs on every pack's 40 KB while calls are in
+    flight, on the event loop that sends them. Bytes are split in C and only
+    the distinct pieces that hold a non-ASCII character go through the regex.
+    """
+    pieces = set(text.casefold().encode().translate(_ASCII_SEPARATORS).split())
+    stems: set[str] = set()
+    for piece in pieces:
+        if piece.isalnum():  # ASCII letters and digits only
+            if len(piece) >= 3:
+                stems.add(piece[:5].decode())
+        else:
+            stems.update(w[:5] for w in _WORD.findall(piece.decode()))
+    return stems
 
 
 def attribute(facts: Facts, transcripts: list[str]) -> list[Facts]:
@@ -417,36 +441,39 @@ async def _checkpoint(
     import's generation.
     """
     usage = result.usage
-    params = [
+    first = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+    }
+    none = dict.fromkeys(first, 0)
+    facts_rows = [
         {
-            "import_id": ctx.imp.id,
-            "generation": ctx.imp.generation,
             "chunk_id": chunk_id,
             "content_hash": content_hash,
-            "facts": Jsonb(facts.model_dump()),
-            "model": result.model or ctx.llm.model,
-            "input_tokens": usage.input_tokens if i == 0 else 0,
-            "output_tokens": usage.output_tokens if i == 0 else 0,
-            "cache_read_tokens": usage.cache_read_tokens if i == 0 else 0,
-            "error": error,
+            "facts": facts.model_dump(),
+            **(first if i == 0 else none),
         }
         for i, (chunk_id, content_hash, facts) in enumerate(rows)
     ]
-    async with ctx.pool.connection() as conn, conn.transaction():
-        async with conn.cursor() as cur:
-            await cur.executemany(queries.INSERT_CHUNK_FACTS, params)  # one round trip
-            if cur.rowcount < len(params):
-                raise StaleJob()
-        if usage.input_tokens or usage.output_tokens:
+    async with ctx.pool.connection() as conn:
+        written = await (
             await conn.execute(
-                queries.ADD_USAGE,
+                queries.CHECKPOINT_CHUNK_FACTS,
                 {
                     "import_id": ctx.imp.id,
+                    "generation": ctx.imp.generation,
                     "stage": ctx.stage,
+                    "model": result.model or ctx.llm.model,
+                    "error": error,
+                    "rows": Jsonb(facts_rows),
                     "input_tokens": usage.input_tokens,
                     "output_tokens": usage.output_tokens,
                 },
             )
+        ).fetchone()
+    if written is None or written["written"] < len(rows):
+        raise StaleJob()
 
 
 # --- batch mode -----------------------------------------------------------

@@ -187,20 +187,45 @@ SELECT chunk_id::text AS chunk_id, content_hash FROM public.chunk_facts
  WHERE import_id = %(import_id)s
 """
 
-#: One chunk's facts, written only by a job of the import's current generation
-#: (a requeued or cancelled run must not leave checkpoints behind).
-INSERT_CHUNK_FACTS: LiteralString = """
-INSERT INTO public.chunk_facts (import_id, chunk_id, user_id, content_hash, facts, model,
-                                input_tokens, output_tokens, cache_read_tokens, error)
-SELECT i.id, %(chunk_id)s, i.user_id, %(content_hash)s, %(facts)s, %(model)s,
-       %(input_tokens)s, %(output_tokens)s, %(cache_read_tokens)s, %(error)s::text
-  FROM public.imports i
- WHERE i.id = %(import_id)s AND i.generation = %(generation)s AND i.status = 'processing'
-ON CONFLICT (import_id, chunk_id) DO UPDATE
-   SET content_hash = EXCLUDED.content_hash, facts = EXCLUDED.facts, model = EXCLUDED.model,
-       input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
-       cache_read_tokens = EXCLUDED.cache_read_tokens, error = EXCLUDED.error,
-       created_at = now()
+#: The facts of one call's chunks (a jsonb array of rows) and the call's token
+#: usage, in one statement: one round trip per call, atomic without a
+#: transaction block. Everything is fenced by the import's generation: a
+#: requeued or cancelled run leaves no checkpoint and books no tokens (the
+#: statement then returns 0 rows written).
+CHECKPOINT_CHUNK_FACTS: LiteralString = """
+WITH current AS (
+    SELECT i.id, i.user_id FROM public.imports i
+     WHERE i.id = %(import_id)s AND i.generation = %(generation)s AND i.status = 'processing'
+), written AS (
+    INSERT INTO public.chunk_facts (import_id, chunk_id, user_id, content_hash, facts, model,
+                                    input_tokens, output_tokens, cache_read_tokens, error)
+    SELECT c.id, r.chunk_id, c.user_id, r.content_hash, r.facts, %(model)s,
+           r.input_tokens, r.output_tokens, r.cache_read_tokens, %(error)s::text
+      FROM current c
+     CROSS JOIN jsonb_to_recordset(%(rows)s::jsonb) AS r(
+           chunk_id uuid, content_hash text, facts jsonb,
+           input_tokens int, output_tokens int, cache_read_tokens int)
+    ON CONFLICT (import_id, chunk_id) DO UPDATE
+       SET content_hash = EXCLUDED.content_hash, facts = EXCLUDED.facts, model = EXCLUDED.model,
+           input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
+           cache_read_tokens = EXCLUDED.cache_read_tokens, error = EXCLUDED.error,
+           created_at = now()
+    RETURNING 1
+), stage AS (
+    UPDATE public.import_stages s
+       SET input_tokens = s.input_tokens + %(input_tokens)s,
+           output_tokens = s.output_tokens + %(output_tokens)s, updated_at = now()
+      FROM current c
+     WHERE s.import_id = c.id AND s.stage = %(stage)s
+       AND %(input_tokens)s + %(output_tokens)s > 0
+), total AS (
+    UPDATE public.imports i
+       SET input_tokens = i.input_tokens + %(input_tokens)s,
+           output_tokens = i.output_tokens + %(output_tokens)s, updated_at = now()
+      FROM current c
+     WHERE i.id = c.id AND %(input_tokens)s + %(output_tokens)s > 0
+)
+SELECT count(*) AS written FROM written
 """
 
 CHUNK_FACTS_SUMMARY: LiteralString = """

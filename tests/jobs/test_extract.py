@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
-from jobs.extract import attribute, condense_transcript
+from jobs.extract import _WORD, _stems, attribute, condense_transcript
 from tests.conftest import USER_A, make_settings, query
 from tests.fakes.fake_anthropic import FakeAnthropicServer
 from tests.helpers import drive, import_row, stage_rows, submit
@@ -154,6 +156,18 @@ def test_pack_facts_go_to_the_chunk_that_said_them() -> None:
         ["Prefers vim keybindings."],
         ["Prefers tabs over spaces."],
     ]
+
+
+@given(st.text())
+def test_stems_are_the_word_prefixes_of_the_plain_regex(text: str) -> None:
+    # The byte-level splitter must agree with the definition it speeds up.
+    assert _stems(text) == {w[:5] for w in _WORD.findall(text.casefold())}
+
+
+def test_stems_of_mixed_scripts() -> None:
+    assert _stems("Straße café_bar … x1y2z3 ok, tabs…spaces") == {
+        "stras", "café", "bar", "x1y2z", "tabs", "space",
+    }  # fmt: skip
 
 
 async def test_small_chunks_share_calls_and_keep_recall(
