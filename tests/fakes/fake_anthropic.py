@@ -285,6 +285,7 @@ class FakeAnthropicServer:
 
     @property
     def latency(self) -> float:
+        """Seconds from receiving a Messages request to answering it."""
         with self._lock:
             return self._latency
 
@@ -589,10 +590,12 @@ class FakeAnthropicServer:
         if self.reject_temperature and "temperature" in body:
             self._error(h, record, 400, "invalid_request_error", _TEMPERATURE_REJECTED)
         fault = self._maybe_http_fault(h, record)
-        latency = self.latency
-        if latency > 0:
-            self._stop.wait(latency)
         message = self._answer(body, record, fault.kind if fault else None)
+        # The latency is the server's whole time to answer, its own work
+        # included: a fixed-latency model, whatever the fake's CPU costs.
+        remaining = record.started + self.latency - time.monotonic()
+        if remaining > 0:
+            self._stop.wait(remaining)
         self._send(h, record, 200, message)
 
     def _answer(self, body: dict[str, Any], record: RecordedRequest, fault: str | None) -> Any:
