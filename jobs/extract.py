@@ -54,6 +54,7 @@ CHECK_CURRENT_EVERY = 25  # chunks
 
 _SPEAKER = re.compile(r"^(User|Assistant|Saved memory|Custom instructions)(?: \(continued\))?:\s?")
 PAGE = 200  # chunk contents read per query
+FIRST_PAGE = 25
 #: Condensed transcript tokens packed into one call. Small chunks (short
 #: conversations) share a call, so the fixed cost of a call — instructions and
 #: tool schema — is paid once per pack instead of once per chunk.
@@ -199,9 +200,15 @@ async def _work_list(ctx: StageContext, tier: str) -> tuple[list[tuple[str, str]
 
 
 async def _pages(ctx: StageContext, todo: list[tuple[str, str]]) -> AsyncIterator[list[_Todo]]:
-    """The work list's chunk contents, a page at a time (memory stays flat)."""
-    for i in range(0, len(todo), PAGE):
-        ids = [chunk_id for chunk_id, _ in todo[i : i + PAGE]]
+    """The work list's chunk contents, a page at a time (memory stays flat).
+
+    Pages start small and double up to ``PAGE``: the first call goes out
+    without waiting for megabytes of chunks to arrive.
+    """
+    start, size = 0, FIRST_PAGE
+    while start < len(todo):
+        ids = [chunk_id for chunk_id, _ in todo[start : start + size]]
+        start, size = start + size, min(size * 2, PAGE)
         async with ctx.pool.connection() as conn:
             rows = await (
                 await conn.execute(queries.CHUNKS_BY_ID, {"import_id": ctx.imp.id, "ids": ids})
