@@ -1,6 +1,7 @@
 """Benchmark: a full import against the fake Messages API with fixed latency.
 
     .venv/bin/python bench/pipeline.py [--conversations 2000] [--latency 0.2] [--concurrency 10]
+                                       [--keep]
 
 Reports, for the extract (map) stage:
 - wall time against the ideal ``calls * latency / concurrency`` (target ≥ 0.9 of ideal);
@@ -10,6 +11,11 @@ Reports, for the extract (map) stage:
   facts (target ≥ 0.98) and decoys found (target 0);
 - estimated cost per 90 MB export at Haiku 4.5 list prices ($1 / $5 per
   million input / output tokens; cache reads at 0.1x, batch at 0.5x).
+
+The worker (``fullpass worker``) and the fake server each run in a process of
+their own; the fake answers every call after the given latency, its own work
+included. The scratch directory, database and embedded server are removed
+afterwards unless ``--keep``.
 
 Tokens are counted the way the fake server counts them (4 characters a token)
 for both designs, so the comparison is like for like. Results go to
