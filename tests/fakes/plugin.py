@@ -6,11 +6,30 @@ wasted time); each test gets it reset: no faults, no latency, no records.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
 from tests.fakes.fake_anthropic import FakeAnthropicServer
+from worker.llm.anthropic_provider import AnthropicProvider
+from worker.settings import Settings
+
+_open: list[AnthropicProvider] = []
+
+
+def anthropic_provider(settings: Settings, **kw: Any) -> AnthropicProvider:
+    """An :class:`AnthropicProvider` closed when the test ends (its HTTP session with it)."""
+    provider = AnthropicProvider(settings, **kw)
+    _open.append(provider)
+    return provider
+
+
+@pytest.fixture(autouse=True)
+async def _close_anthropic_providers() -> AsyncIterator[None]:
+    yield
+    while _open:
+        await _open.pop().aclose()
 
 
 @pytest.fixture(scope="session")

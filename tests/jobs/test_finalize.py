@@ -11,9 +11,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from tests.conftest import USER_A, make_settings, query
 from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault
+from tests.fakes.plugin import anthropic_provider
 from tests.helpers import drive, import_row, stage_rows, submit
 from worker import queries, runner
-from worker.llm.anthropic_provider import AnthropicProvider
 from worker.llm.base import MEMORY_SECTIONS, NO_DATA
 
 HEADINGS = [f"## {s}" for s in MEMORY_SECTIONS]
@@ -30,7 +30,7 @@ def deps(
     settings = make_settings(
         db_dsn, tmp_path, **fake_anthropic.settings_env(), FULLPASS_LLM_MAX_RETRIES=1
     )
-    return runner.Deps(settings=settings, pool=pool, llm=AnthropicProvider(settings))
+    return runner.Deps(settings=settings, pool=pool, llm=anthropic_provider(settings))
 
 
 async def test_memory_has_exactly_the_five_sections(deps: runner.Deps, db_dsn: str) -> None:

@@ -10,9 +10,9 @@ from psycopg_pool import AsyncConnectionPool
 from jobs.reduce import Fact, FactSet, facts_from_stage_output, normalise
 from tests.conftest import USER_A, make_settings
 from tests.fakes.fake_anthropic import FakeAnthropicServer
+from tests.fakes.plugin import anthropic_provider
 from tests.helpers import drive, import_row, stage_rows, submit
 from worker import runner
-from worker.llm.anthropic_provider import AnthropicProvider
 
 
 def test_normalised_duplicates_merge_and_keep_every_source() -> None:
@@ -70,7 +70,7 @@ async def test_consolidation_runs_only_above_the_threshold(
     db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any], fake_anthropic: FakeAnthropicServer
 ) -> None:
     settings = make_settings(db_dsn, tmp_path, **fake_anthropic.settings_env())
-    deps = runner.Deps(settings=settings, pool=pool, llm=AnthropicProvider(settings))
+    deps = runner.Deps(settings=settings, pool=pool, llm=anthropic_provider(settings))
     small = submit(
         settings, USER_A, options='{"reduce_max_tokens": 300, "reduce_batch_tokens": 200}'
     )

@@ -13,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault, extract_facts
+from tests.fakes.plugin import anthropic_provider
 from worker.llm import limiter as limiter_module
 from worker.llm.anthropic_provider import AnthropicProvider, redact, retry_after_seconds
 from worker.llm.base import (
@@ -67,7 +68,7 @@ def make_provider(
     )
     kw.setdefault("backoff_base", 0.01)
     kw.setdefault("use_global_limiter", False)
-    return AnthropicProvider(settings, **kw)
+    return anthropic_provider(settings, **kw)
 
 
 @pytest.fixture
