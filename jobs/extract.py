@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +37,7 @@ from psycopg.types.json import Jsonb
 from jobs.context import StageContext, StageResult, StaleJob
 from jobs.errors import TransientError
 from worker import queries
+from worker.llm import offline
 from worker.llm.base import (
     BatchProvider,
     ExtractionInput,
@@ -50,7 +52,9 @@ logger = logging.getLogger("fullpass.extract")
 
 ASSISTANT_CONTEXT_CHARS = 120
 MAX_MESSAGE_CHARS = 5000
-CHECK_CURRENT_EVERY = 25  # chunks
+#: How often the map step publishes its progress and checks that its import
+#: was not cancelled or requeued meanwhile (its checkpoints are fenced anyway).
+PROGRESS_SECONDS = 1.0
 
 _SPEAKER = re.compile(r"^(User|Assistant|Saved memory|Custom instructions)(?: \(continued\))?:\s?")
 PAGE = 200  # chunk contents read per query
@@ -66,10 +70,18 @@ BATCH_SIZE = 10_000  # requests per Message Batch
 class _Todo:
     chunk_id: str
     conversation_id: str
+    chunk_index: int
     title: str
     content: str
     content_hash: str
     created_at: datetime | None
+
+    def follows(self, other: _Todo) -> bool:
+        """Whether this is the chunk right after ``other`` in the same conversation."""
+        return (
+            other.conversation_id == self.conversation_id
+            and other.chunk_index == self.chunk_index - 1
+        )
 
 
 def condense_transcript(
@@ -106,6 +118,42 @@ def condense_transcript(
                 has_user = True
             out.append(piece)
     return "\n".join(out).strip() if has_user else ""
+
+
+#: How far back from the end of a chunk its overlap with the next one is looked for.
+OVERLAP_SEARCH_CHARS = 1600
+_OVERLAP_PROBE_CHARS = 64
+_LABELS = re.compile(_SPEAKER.pattern, re.M)  # every speaker label of a text
+
+
+def novel_part(previous: str, content: str) -> str:
+    """``content`` without the text it repeats from the end of ``previous``.
+
+    Consecutive chunks of a conversation overlap (~200 tokens) so that search
+    finds a fact whole; for extraction that text is sent once, with the
+    earlier chunk, and the facts in it are not recorded twice. The rest keeps
+    its speaker ("User (continued): ..."). Returns ``content`` unchanged when
+    it does not start with the end of ``previous``; "" when it holds nothing
+    else.
+    """
+    label = _SPEAKER.match(content)
+    continued = label is not None and "(continued)" in label.group(0)
+    body = content[label.end() :] if label is not None and continued else content
+    probe = body[:_OVERLAP_PROBE_CHARS]
+    if len(probe) < 16:
+        return content
+    at = previous.find(probe, max(0, len(previous) - OVERLAP_SEARCH_CHARS))
+    if at < 0 or not body.startswith(previous[at:]):
+        return content
+    rest = body[len(previous) - at :].lstrip()
+    if not rest or _SPEAKER.match(rest):
+        return rest
+    speakers = _LABELS.findall(previous[at:])
+    if speakers:
+        return f"{speakers[-1]} (continued): {rest}"
+    if label is not None and continued:
+        return f"{label.group(1)} (continued): {rest}"
+    return rest
 
 
 async def extract(ctx: StageContext) -> StageResult:
@@ -218,6 +266,7 @@ async def _pages(ctx: StageContext, todo: list[tuple[str, str]]) -> AsyncIterato
             _Todo(
                 r["id"],
                 r["conversation_id"],
+                r["chunk_index"],
                 r["title"],
                 r["content"],
                 r["content_hash"],
@@ -235,10 +284,15 @@ async def _groups(
     budget = int(ctx.option("pack_tokens", PACK_TOKENS)) * 4
     pending: list[tuple[_Todo, str]] = []
     size = 0
+    previous: _Todo | None = None
     async for page in _pages(ctx, todo):
         empty: list[tuple[str, str, Facts]] = []
         for item in page:
-            transcript = condense_transcript(item.content)
+            text = item.content
+            if previous is not None and item.follows(previous):
+                text = novel_part(previous.content, text)
+            previous = item
+            transcript = condense_transcript(text)
             if not transcript:
                 empty.append((item.chunk_id, item.content_hash, Facts()))
                 continue
@@ -296,7 +350,7 @@ async def _online(
     """Extract ``todo`` with at most ``concurrency`` calls in flight, checkpointing each."""
     limit = max(1, int(ctx.option("concurrency", ctx.settings.concurrency)))
     queue: asyncio.Queue[_Group | None] = asyncio.Queue(maxsize=limit * 2)
-    checked = state.completed
+    checked = time.monotonic()
 
     async def produce() -> None:
         async for group in _groups(ctx, todo, state):
@@ -308,8 +362,8 @@ async def _online(
         nonlocal checked
         await write
         state.completed += n
-        if state.completed - checked >= CHECK_CURRENT_EVERY:
-            checked = state.completed
+        if time.monotonic() - checked >= PROGRESS_SECONDS:
+            checked = time.monotonic()
             await ctx.ensure_current()
             await ctx.report_progress(state.completed, total)
 
@@ -351,7 +405,7 @@ async def _extract_group(
             await ctx.record_usage(exc.usage)
             return None  # not checkpointed: the stage's retry tries these chunks again
         failed = LLMResult(Facts(), exc.usage, ctx.llm.model)
-        rows = [(m.chunk_id, m.content_hash, Facts()) for m in group.members]
+        rows = [(m.chunk_id, m.content_hash, direct_facts(m.transcript)) for m in group.members]
         return _checkpoint(ctx, rows, failed, error=error_text(exc))
     return _record(ctx, group, result, state)
 
@@ -361,8 +415,60 @@ async def _record(
 ) -> None:
     state.extracted += len(group.members)
     shares = attribute(result.value, [m.transcript for m in group.members])
-    rows = [(m.chunk_id, m.content_hash, f) for m, f in zip(group.members, shares, strict=True)]
+    rows = [
+        (m.chunk_id, m.content_hash, with_direct_facts(f, m.transcript))
+        for m, f in zip(group.members, shares, strict=True)
+    ]
     await _checkpoint(ctx, rows, result)
+
+
+def direct_facts(transcript: str) -> Facts:
+    """The facts of a chunk's saved memories and custom instructions, without the model.
+
+    ChatGPT's saved memories (its ``bio`` tool) and the user's custom
+    instructions are facts about the user by construction: they enter the
+    facts whatever the model answers (or when it fails), filed by the offline
+    provider's rules.
+    """
+    if "Saved memory" not in transcript and "Custom instructions" not in transcript:
+        return Facts()
+    label = {"memory": "Saved memory", "instructions": "Custom instructions"}
+    saved = [
+        f"{label[source]}: {text.strip()}"
+        for source, text in offline.user_turns(transcript)
+        if source in label and text.strip()
+    ]
+    return offline.extract("\n".join(saved)) if saved else Facts()
+
+
+def with_direct_facts(facts: Facts, transcript: str) -> Facts:
+    """``facts`` plus the chunk's direct facts the model did not already state."""
+    direct = direct_facts(transcript)
+    if not direct.count():
+        return facts
+    known = [_stems(text) for text in _texts(facts)]
+
+    def new(text: str) -> bool:
+        words = _stems(text)
+        return not any(len(words & k) >= FULL_MATCH * len(words) for k in known)
+
+    return Facts.model_construct(
+        preferences=facts.preferences + [t for t in direct.preferences if new(t)],
+        projects=facts.projects + [p for p in direct.projects if new(f"{p.name} {p.description}")],
+        dates=facts.dates + [d for d in direct.dates if new(f"{d.event} {d.date}")],
+        beliefs=facts.beliefs + [t for t in direct.beliefs if new(t)],
+        decisions=facts.decisions + [c for c in direct.decisions if new(c.decision)],
+    )
+
+
+def _texts(facts: Facts) -> list[str]:
+    return [
+        *facts.preferences,
+        *facts.beliefs,
+        *(f"{p.name} {p.description} {p.details}" for p in facts.projects),
+        *(f"{d.event} {d.date}" for d in facts.dates),
+        *(f"{c.decision} {c.context}" for c in facts.decisions),
+    ]
 
 
 #: Share of a fact's words a chunk must hold to count as stating it in full.
@@ -581,9 +687,23 @@ async def _regroup(ctx: StageContext, custom_id: str, members: list[list[str]]) 
                 {"import_id": ctx.imp.id, "ids": [chunk_id for chunk_id, _ in members]},
             )
         ).fetchall()
-    content = {r["id"]: r["content"] for r in rows}
+    by_id = {r["id"]: r for r in rows}
+    transcripts: list[str] = []
+    previous: dict[str, Any] | None = None
+    for chunk_id, _ in members:
+        row = by_id.get(chunk_id)
+        text = row["content"] if row else ""
+        if (
+            row is not None
+            and previous is not None
+            and previous["conversation_id"] == row["conversation_id"]
+            and previous["chunk_index"] == row["chunk_index"] - 1
+        ):
+            text = novel_part(previous["content"], text)  # as it was sent
+        previous = row
+        transcripts.append(condense_transcript(text))
     return _Group(
-        tuple(_Member(c, h, "", condense_transcript(content.get(c, ""))) for c, h in members),
+        tuple(_Member(c, h, "", t) for (c, h), t in zip(members, transcripts, strict=True)),
         ExtractionInput(custom_id, "", "", "", None),
     )
 

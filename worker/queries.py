@@ -176,8 +176,8 @@ SELECT c.id::text AS id, c.content_hash
 """
 
 CHUNKS_BY_ID: LiteralString = """
-SELECT c.id::text AS id, c.conversation_id, coalesce(c.title, '') AS title, c.content,
-       c.content_hash, c.created_at
+SELECT c.id::text AS id, c.conversation_id, c.chunk_index, coalesce(c.title, '') AS title,
+       c.content, c.content_hash, c.created_at
   FROM public.conversation_chunks c
  WHERE c.import_id = %(import_id)s AND c.id = ANY(%(ids)s::uuid[])
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
-from jobs.extract import _WORD, _stems, attribute, condense_transcript
+from jobs.extract import (
+    _WORD,
+    _stems,
+    attribute,
+    condense_transcript,
+    direct_facts,
+    novel_part,
+    with_direct_facts,
+)
 from tests.conftest import USER_A, make_settings, query
-from tests.fakes.fake_anthropic import FakeAnthropicServer
+from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault
+from tests.fakes.plugin import anthropic_provider
 from tests.helpers import drive, import_row, stage_rows, submit
 from worker import runner
-from worker.llm.anthropic_provider import AnthropicProvider
 from worker.llm.base import Facts, Project
 from worker.settings import Settings
 
@@ -42,7 +51,7 @@ def _settings(db_dsn: str, tmp_path: Path, fake: FakeAnthropicServer, **kw: Any)
 
 
 async def _deps(settings: Settings, pool: AsyncConnectionPool[Any]) -> runner.Deps:
-    return runner.Deps(settings=settings, pool=pool, llm=AnthropicProvider(settings))
+    return runner.Deps(settings=settings, pool=pool, llm=anthropic_provider(settings))
 
 
 async def test_resume_after_interruption_never_pays_twice_for_a_chunk(
@@ -168,6 +177,87 @@ def test_stems_of_mixed_scripts() -> None:
     assert _stems("Straße café_bar … x1y2z3 ok, tabs…spaces") == {
         "stras", "café", "bar", "x1y2z", "tabs", "space",
     }  # fmt: skip
+
+
+_OVERLAP = "a long answer about green tea, oolong and how to brew both at home without a kettle."
+
+
+def test_novel_part_drops_the_overlap_and_keeps_the_speaker() -> None:
+    previous = f"User: Which tea should I try?\n\nAssistant: Here is {_OVERLAP}"
+    current = f"Assistant (continued): {_OVERLAP}\n\nUser: I love oolong."
+    assert novel_part(previous, current) == "User: I love oolong."
+    # The overlap ends mid-turn: the rest keeps the speaker of the last label before it.
+    current = f"Assistant (continued): {_OVERLAP} Also matcha.\n\nUser: Thanks."
+    assert novel_part(previous, current) == "Assistant (continued): Also matcha.\n\nUser: Thanks."
+
+
+def test_novel_part_when_the_overlap_starts_at_a_turn() -> None:
+    previous = f"User: I love tea.\n\nUser: Tell me {_OVERLAP}"
+    current = f"User: Tell me {_OVERLAP} I prefer oolong."
+    assert novel_part(previous, current) == "User (continued): I prefer oolong."
+
+
+def test_novel_part_leaves_unrelated_or_all_overlap_chunks() -> None:
+    previous = f"User: Here is {_OVERLAP}"
+    unrelated = "User (continued): something else entirely, with no text in common at all."
+    assert novel_part(previous, unrelated) == unrelated
+    assert novel_part(previous, f"User (continued): {_OVERLAP}") == ""
+    assert novel_part(previous, "User (continued): short") == "User (continued): short"
+
+
+_SAVED = (
+    "User: can you remember this?\n"
+    "Assistant: Sure, saved.\n"
+    "Saved memory: Prefers dark mode in every editor.\n"
+    "Custom instructions: Answer tersely, with code first."
+)
+
+
+def test_saved_memories_and_instructions_enter_the_facts_directly() -> None:
+    direct = direct_facts(_SAVED)
+    assert any("dark mode" in p for p in direct.preferences)
+    assert "Custom instruction: Answer tersely, with code first." in direct.preferences
+    assert direct_facts("User: I like tea.\nAssistant: Noted.").count() == 0
+    # The model said nothing: the saved facts are kept anyway.
+    assert with_direct_facts(Facts(), _SAVED) == direct
+
+
+def test_direct_facts_do_not_repeat_what_the_model_said() -> None:
+    said = Facts(preferences=["Prefers dark mode in every editor."])
+    merged = with_direct_facts(said, _SAVED)
+    assert [p for p in merged.preferences if "dark mode" in p] == said.preferences
+    assert "Custom instruction: Answer tersely, with code first." in merged.preferences
+    assert said.preferences == ["Prefers dark mode in every editor."]  # not modified
+
+
+async def test_saved_memories_survive_a_model_that_only_answers_garbage(
+    db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any], fake_anthropic: FakeAnthropicServer
+) -> None:
+    settings = _settings(db_dsn, tmp_path, fake_anthropic)
+    deps = await _deps(settings, pool)
+    fake_anthropic.inject(Fault("garbage_text", only="extract"), times=10_000)
+    import_id = submit(settings, USER_A)
+    await drive(deps, db_dsn, import_id, until="extract")
+    rows = query(
+        db_dsn,
+        "select f.facts, f.error, c.content, c.conversation_id from chunk_facts f"
+        " join conversation_chunks c on c.id = f.chunk_id where f.import_id = %s",
+        (import_id,),
+    )
+    assert rows and all(r["error"] for r in rows if "Saved memory:" in r["content"])
+    found: dict[str, set[str]] = {}
+    for r in rows:
+        texts = [json.dumps(items) for items in r["facts"].values()]
+        found.setdefault(r["conversation_id"], set()).update(_stems(" ".join(texts)))
+    saved = {
+        (r["conversation_id"], line)
+        for r in rows
+        for line in re.findall(r"^Saved memory: (.+)$", r["content"], re.M)
+    }
+    assert saved
+    for conversation_id, line in saved:
+        words = _stems(line) - {"user", "said"}
+        assert len(words & found[conversation_id]) >= 0.75 * len(words), line  # dates go ISO
 
 
 async def test_small_chunks_share_calls_and_keep_recall(
