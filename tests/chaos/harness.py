@@ -30,7 +30,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
-from jobs.extract import condense_transcript
+from jobs.extract import condense_transcript, novel_part
 from tests.conftest import REPO, TEST_HOME, query
 from tests.fakes.fake_anthropic import (
     FakeAnthropicServer,
@@ -415,12 +415,24 @@ def audit_extractions(
     for import_id in import_ids:
         rows = query(
             dsn,
-            "select id::text as id, content from public.conversation_chunks where import_id = %s",
+            "select id::text as id, conversation_id, chunk_index, content"
+            " from public.conversation_chunks where import_id = %s"
+            " order by conversation_id, chunk_index",
             (import_id,),
         )
+        previous: dict[str, Any] | None = None
         for r in rows:
-            transcript = condense_transcript(r["content"])
-            if transcript:
+            # A chunk goes out whole, or without the overlap it shares with the
+            # chunk before it when both were extracted in the same run.
+            sent = {condense_transcript(r["content"])}
+            if (
+                previous is not None
+                and previous["conversation_id"] == r["conversation_id"]
+                and previous["chunk_index"] == r["chunk_index"] - 1
+            ):
+                sent.add(condense_transcript(novel_part(previous["content"], r["content"])))
+            previous = r
+            for transcript in sent - {""}:
                 import_of[r["id"]] = import_id
                 index.setdefault(transcript[:_PREFIX], []).append((r["id"], transcript))
     writes = query(
