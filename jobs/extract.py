@@ -40,10 +40,13 @@ from worker import queries
 from worker.llm import offline
 from worker.llm.base import (
     BatchProvider,
+    DateFact,
+    Decision,
     ExtractionInput,
     Facts,
     LLMError,
     LLMResult,
+    Project,
     Usage,
 )
 from worker.redact import error_text
@@ -75,6 +78,19 @@ class _Todo:
     content: str
     content_hash: str
     created_at: datetime | None
+
+    @classmethod
+    def from_row(cls, r: dict[str, Any]) -> _Todo:
+        """A row of ``queries.CHUNKS_BY_ID``."""
+        return cls(
+            r["id"],
+            r["conversation_id"],
+            r["chunk_index"],
+            r["title"],
+            r["content"],
+            r["content_hash"],
+            r["created_at"],
+        )
 
     def follows(self, other: _Todo) -> bool:
         """Whether this is the chunk right after ``other`` in the same conversation."""
@@ -262,19 +278,7 @@ async def _pages(ctx: StageContext, todo: list[tuple[str, str]]) -> AsyncIterato
                 await conn.execute(queries.CHUNKS_BY_ID, {"import_id": ctx.imp.id, "ids": ids})
             ).fetchall()
         by_id = {r["id"]: r for r in rows}
-        yield [
-            _Todo(
-                r["id"],
-                r["conversation_id"],
-                r["chunk_index"],
-                r["title"],
-                r["content"],
-                r["content_hash"],
-                r["created_at"],
-            )
-            for r in (by_id.get(chunk_id) for chunk_id in ids)
-            if r is not None
-        ]
+        yield [_Todo.from_row(r) for r in (by_id.get(chunk_id) for chunk_id in ids) if r]
 
 
 async def _groups(
@@ -454,21 +458,33 @@ def with_direct_facts(facts: Facts, transcript: str) -> Facts:
 
     return Facts.model_construct(
         preferences=facts.preferences + [t for t in direct.preferences if new(t)],
-        projects=facts.projects + [p for p in direct.projects if new(f"{p.name} {p.description}")],
-        dates=facts.dates + [d for d in direct.dates if new(f"{d.event} {d.date}")],
+        projects=facts.projects + [p for p in direct.projects if new(_text(p))],
+        dates=facts.dates + [d for d in direct.dates if new(_text(d))],
         beliefs=facts.beliefs + [t for t in direct.beliefs if new(t)],
-        decisions=facts.decisions + [c for c in direct.decisions if new(c.decision)],
+        decisions=facts.decisions + [c for c in direct.decisions if new(_text(c))],
     )
 
 
+def _text(fact: str | Project | DateFact | Decision) -> str:
+    """A fact's words, whatever its category (to compare facts with text)."""
+    if isinstance(fact, Project):
+        return f"{fact.name} {fact.description} {fact.details}"
+    if isinstance(fact, DateFact):
+        return f"{fact.event} {fact.date}"
+    if isinstance(fact, Decision):
+        return f"{fact.decision} {fact.context}"
+    return fact
+
+
 def _texts(facts: Facts) -> list[str]:
-    return [
+    items: list[str | Project | DateFact | Decision] = [
         *facts.preferences,
         *facts.beliefs,
-        *(f"{p.name} {p.description} {p.details}" for p in facts.projects),
-        *(f"{d.event} {d.date}" for d in facts.dates),
-        *(f"{c.decision} {c.context}" for c in facts.decisions),
+        *facts.projects,
+        *facts.dates,
+        *facts.decisions,
     ]
+    return [_text(item) for item in items]
 
 
 #: Share of a fact's words a chunk must hold to count as stating it in full.
@@ -530,13 +546,13 @@ def attribute(facts: Facts, transcripts: list[str]) -> list[Facts]:
         for i in owners(text):
             out[i].beliefs.append(text)
     for p in facts.projects:
-        for i in owners(f"{p.name} {p.description} {p.details}"):
+        for i in owners(_text(p)):
             out[i].projects.append(p)
     for d in facts.dates:
-        for i in owners(f"{d.event} {d.date}"):
+        for i in owners(_text(d)):
             out[i].dates.append(d)
     for c in facts.decisions:
-        for i in owners(f"{c.decision} {c.context}"):
+        for i in owners(_text(c)):
             out[i].decisions.append(c)
     return out
 
@@ -687,20 +703,15 @@ async def _regroup(ctx: StageContext, custom_id: str, members: list[list[str]]) 
                 {"import_id": ctx.imp.id, "ids": [chunk_id for chunk_id, _ in members]},
             )
         ).fetchall()
-    by_id = {r["id"]: r for r in rows}
+    by_id = {r["id"]: _Todo.from_row(r) for r in rows}
     transcripts: list[str] = []
-    previous: dict[str, Any] | None = None
+    previous: _Todo | None = None
     for chunk_id, _ in members:
-        row = by_id.get(chunk_id)
-        text = row["content"] if row else ""
-        if (
-            row is not None
-            and previous is not None
-            and previous["conversation_id"] == row["conversation_id"]
-            and previous["chunk_index"] == row["chunk_index"] - 1
-        ):
-            text = novel_part(previous["content"], text)  # as it was sent
-        previous = row
+        item = by_id.get(chunk_id)
+        text = item.content if item else ""
+        if item is not None and previous is not None and item.follows(previous):
+            text = novel_part(previous.content, text)  # as it was sent
+        previous = item
         transcripts.append(condense_transcript(text))
     return _Group(
         tuple(_Member(c, h, "", t) for (c, h), t in zip(members, transcripts, strict=True)),
