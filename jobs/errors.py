@@ -1,18 +1,20 @@
-"""Errors a stage raises to say what went wrong, and whether trying again can help."""
+"""The errors a stage raises (see :mod:`worker.errors` for what each kind does)."""
 
 from __future__ import annotations
 
+from worker.errors import BadInput, FullpassError, NeedsOperator, StaleJob, Transient, Unusable
 
-class StageError(Exception):
-    """Base class: the message is shown to operators (``imports.error``), so say what and where."""
+#: Historical names, kept while callers move to :mod:`worker.errors`.
+StageError = FullpassError
+TransientError = Transient
 
-
-class BadInput(StageError):
-    """The export itself is unusable (malformed, empty, too large, unsafe).
-
-    Retrying cannot help, so the import fails at once with this message.
-    """
-
-
-class TransientError(StageError):
-    """A dependency failed in a way that may pass (network, rate limit, server error)."""
+__all__ = [
+    "BadInput",
+    "FullpassError",
+    "NeedsOperator",
+    "StageError",
+    "StaleJob",
+    "Transient",
+    "TransientError",
+    "Unusable",
+]

@@ -92,6 +92,6 @@ def error_text(exc: BaseException) -> str:
 
 
 def _plain_message_types() -> tuple[type[BaseException], ...]:
-    from jobs.errors import StageError
+    from worker.errors import FullpassError as StageError
 
     return (StageError,)
