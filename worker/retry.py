@@ -32,7 +32,7 @@ def backoff(
     delay *= uniform(1 - JITTER, 1 + JITTER)
     if retry_after is not None and retry_after > delay:
         delay = retry_after
-    return round(max(0.0, delay), 3)
+    return round(max(0.0, float(delay)), 3)
 
 
 async def retry_async(
