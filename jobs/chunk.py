@@ -29,10 +29,7 @@ PROGRESS_EVERY = 2000  # conversations
 
 
 def chunk_config(ctx: StageContext) -> ChunkConfig:
-    wanted = ctx.option("chunk_tiers", ["medium"])
-    names = wanted if isinstance(wanted, list) else []
-    tiers = tuple(t for t in TIER_TOKENS if t in names) or ("medium",)
-    return ChunkConfig(tiers=tiers)
+    return ChunkConfig(tiers=tuple(t for t in TIER_TOKENS if t in ctx.options.chunk_tiers))
 
 
 async def chunk(ctx: StageContext) -> StageResult:

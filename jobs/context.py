@@ -20,22 +20,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker.db import Conn
 from worker.llm.base import LLMProvider, Usage
+from worker.options import Options
 from worker.settings import Settings
-
-#: Per-import options that take numbers, and the range each is clamped to.
-OPTION_BOUNDS: dict[str, tuple[float, float]] = {
-    "concurrency": (1, 50),
-    "pack_tokens": (1, 50_000),
-    "reduce_max_tokens": (100, 1_000_000),
-    "reduce_batch_tokens": (100, 200_000),
-    "sample_conversations": (1, 1_000),
-    "context_window_tokens": (20_000, 1_000_000),
-    "batch_poll_seconds": (0.1, 3_600),
-}
-
-
-class StaleJob(Exception):
-    """The import was requeued or cancelled while this job ran: stop, write nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +31,17 @@ class ImportRow:
     storage_path: str
     options: dict[str, Any]
     generation: int
+    #: Drawn by this job's claim of the stage: the fencing token of every write.
+    lease: UUID
+
+    def fence(self, stage: str) -> dict[str, Any]:
+        """The parameters every fenced statement takes."""
+        return {
+            "import_id": self.id,
+            "generation": self.generation,
+            "stage": stage,
+            "lease": self.lease,
+        }
 
 
 @dataclass(slots=True)
@@ -76,19 +73,5 @@ class StageContext:
     report_progress: Callable[[int, int | None], Awaitable[None]]
     record_usage: Callable[[Usage], Awaitable[None]]
     ensure_current: Callable[[], Awaitable[None]]
-
-    def option(self, name: str, default: Any) -> Any:
-        """A per-import override from ``imports.options``, else the default.
-
-        Users write ``options`` themselves, so numeric overrides are clamped to
-        sane bounds (no one raises their own model spend or concurrency without
-        limit) and a value of the wrong type falls back to the default.
-        """
-        value = self.imp.options.get(name, default)
-        bounds = OPTION_BOUNDS.get(name)
-        if bounds is None or value is default:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return default
-        low, high = bounds
-        return type(default)(min(max(value, low), high))
+    #: The environment's defaults with this import's ``options`` on top.
+    options: Options

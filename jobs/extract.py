@@ -17,7 +17,7 @@ they did not answer is extracted online.
 Only the user's words are sent in full: assistant turns are cut to a short
 excerpt that gives the user's replies their context, and small chunks are
 packed together (each under its own conversation header) up to
-``PACK_TOKENS`` per call. The facts of a pack are attributed back to the chunk
+``pack_tokens`` (an option) per call. The facts of a pack are attributed back to the chunk
 whose words they share most, so every fact keeps its source chunk and date.
 """
 
@@ -34,9 +34,10 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from jobs.context import StageContext, StageResult, StaleJob
+from jobs.context import StageContext, StageResult
 from jobs.errors import TransientError
 from worker import queries
+from worker.errors import StaleJob
 from worker.llm import offline
 from worker.llm.base import (
     BatchProvider,
@@ -62,10 +63,6 @@ PROGRESS_SECONDS = 1.0
 _SPEAKER = re.compile(r"^(User|Assistant|Saved memory|Custom instructions)(?: \(continued\))?:\s?")
 PAGE = 200  # chunk contents read per query
 FIRST_PAGE = 25
-#: Condensed transcript tokens packed into one call. Small chunks (short
-#: conversations) share a call, so the fixed cost of a call — instructions and
-#: tool schema — is paid once per pack instead of once per chunk.
-PACK_TOKENS = 10_000
 BATCH_SIZE = 10_000  # requests per Message Batch
 
 
@@ -184,7 +181,7 @@ async def extract(ctx: StageContext) -> StageResult:
         if parked is not None:
             return parked
         todo, total = await _work_list(ctx, tier)
-    elif ctx.settings.batch and not isinstance(ctx.llm, BatchProvider):
+    elif ctx.options.batch and not isinstance(ctx.llm, BatchProvider):
         logger.warning(
             "FULLPASS_BATCH is set but provider %s has no batch API: extracting online",
             ctx.llm.model,
@@ -285,7 +282,7 @@ async def _groups(
     ctx: StageContext, todo: list[tuple[str, str]], state: _MapState
 ) -> AsyncIterator[_Group]:
     """Condensed chunks packed into calls; chunks without user text are checkpointed empty."""
-    budget = int(ctx.option("pack_tokens", PACK_TOKENS)) * 4
+    budget = ctx.options.pack_tokens * 4
     pending: list[tuple[_Todo, str]] = []
     size = 0
     previous: _Todo | None = None
@@ -352,7 +349,7 @@ async def _online(
     ctx: StageContext, todo: list[tuple[str, str]], state: _MapState, total: int
 ) -> None:
     """Extract ``todo`` with at most ``concurrency`` calls in flight, checkpointing each."""
-    limit = max(1, int(ctx.option("concurrency", ctx.settings.concurrency)))
+    limit = ctx.options.concurrency
     queue: asyncio.Queue[_Group | None] = asyncio.Queue(maxsize=limit * 2)
     checked = time.monotonic()
 
@@ -399,6 +396,7 @@ async def _extract_group(
     ctx: StageContext, group: _Group, state: _MapState
 ) -> Coroutine[Any, Any, None] | None:
     """One call; returns the checkpoint write to run (None: nothing to checkpoint)."""
+    await ctx.ensure_current()  # a job that lost its lease must not pay for another call
     state.calls += 1
     try:
         result = await ctx.llm.extract_facts(group.item)
@@ -590,9 +588,7 @@ async def _checkpoint(
             await conn.execute(
                 queries.CHECKPOINT_CHUNK_FACTS,
                 {
-                    "import_id": ctx.imp.id,
-                    "generation": ctx.imp.generation,
-                    "stage": ctx.stage,
+                    **ctx.imp.fence(ctx.stage),
                     "model": result.model or ctx.llm.model,
                     "error": error,
                     "rows": Jsonb(facts_rows),
@@ -601,7 +597,7 @@ async def _checkpoint(
                 },
             )
         ).fetchone()
-    if written is None or written["written"] < len(rows):
+    if written is None or not written["current"]:
         raise StaleJob()
 
 
@@ -609,8 +605,7 @@ async def _checkpoint(
 
 
 def _batch_mode(ctx: StageContext) -> bool:
-    wanted = bool(ctx.option("batch", ctx.settings.batch))
-    return wanted and isinstance(ctx.llm, BatchProvider)
+    return ctx.options.batch and isinstance(ctx.llm, BatchProvider)
 
 
 async def _batch_phase(
@@ -623,7 +618,7 @@ async def _batch_phase(
     """
     assert isinstance(ctx.llm, BatchProvider)
     llm: BatchProvider = ctx.llm
-    poll = float(ctx.option("batch_poll_seconds", ctx.settings.batch_poll_seconds))
+    poll = ctx.options.batch_poll_seconds
     async with ctx.pool.connection() as conn:
         row = await (
             await conn.execute(

@@ -22,6 +22,7 @@ logger = logging.getLogger("fullpass.memory")
 async def memory(ctx: StageContext) -> StageResult:
     facts = facts_from_stage_output(ctx.outputs.get("reduce", {}))
     try:
+        await ctx.ensure_current()
         result = await ctx.llm.write_memory(facts)
     except LLMError as exc:
         message = error_text(exc)

@@ -21,8 +21,6 @@ from jobs.context import StageContext, StageResult
 from worker import queries
 from worker.llm.base import DateFact, Decision, Facts, Project
 
-MAX_TOKENS = 150_000
-BATCH_TOKENS = 50_000
 MAX_ROUNDS = 6
 CATEGORIES = ("preferences", "projects", "dates", "beliefs", "decisions")
 
@@ -176,8 +174,8 @@ async def reduce(ctx: StageContext) -> StageResult:
             ):
                 facts.add(fact)
     merged = len(facts)
-    max_tokens = int(ctx.option("reduce_max_tokens", MAX_TOKENS))
-    batch_tokens = int(ctx.option("reduce_batch_tokens", BATCH_TOKENS))
+    max_tokens = ctx.options.reduce_max_tokens
+    batch_tokens = ctx.options.reduce_batch_tokens
     rounds = 0
     while facts.tokens() > max_tokens and rounds < MAX_ROUNDS:
         rounds += 1
@@ -216,6 +214,7 @@ async def _consolidate(ctx: StageContext, facts: FactSet, batch_tokens: int) -> 
         part = FactSet()
         for fact in batch:
             part.add(fact)
+        await ctx.ensure_current()
         result = await ctx.llm.consolidate(part.to_facts())
         await ctx.record_usage(result.usage)
         for fact in facts_from_json(result.value, date=None, source=None):

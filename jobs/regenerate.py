@@ -16,13 +16,11 @@ from jobs.extract import condense_transcript
 from worker import queries
 from worker.llm.base import SECTION_NAMES, Sections
 
-SAMPLE_CONVERSATIONS = 200
-CONTEXT_WINDOW_TOKENS = 200_000
 RESERVED_TOKENS = 16_000  # system prompt, instructions and the answer
 SAFETY = 0.85
 
 
-def sample_budget_chars(memory_md: str, window: int = CONTEXT_WINDOW_TOKENS) -> int:
+def sample_budget_chars(memory_md: str, window: int) -> int:
     memory_tokens = len(memory_md) // 4 + 1
     return max(0, int((window - RESERVED_TOKENS - memory_tokens) * SAFETY) * 4)
 
@@ -30,9 +28,10 @@ def sample_budget_chars(memory_md: str, window: int = CONTEXT_WINDOW_TOKENS) -> 
 async def regenerate(ctx: StageContext) -> StageResult:
     memory_md: str = ctx.outputs.get("memory", {}).get("memory_md", "")
     tier = ctx.outputs.get("extract", {}).get("tier", "medium")
-    limit = int(ctx.option("sample_conversations", SAMPLE_CONVERSATIONS))
-    window = int(ctx.option("context_window_tokens", CONTEXT_WINDOW_TOKENS))
+    limit = ctx.options.sample_conversations
+    window = ctx.options.context_window_tokens
     samples = await _samples(ctx, tier, limit, sample_budget_chars(memory_md, window))
+    await ctx.ensure_current()
     result = await ctx.llm.write_sections(memory_md, samples)
     await ctx.record_usage(result.usage)
     sections = result.value

@@ -301,6 +301,9 @@ SERVER_COLUMNS: dict[str, Any] = {
     "conversation_count": 1,
     "chunk_count": 1,
     "fact_count": 1,
+    "spent_input_tokens": 0,
+    "spent_output_tokens": 0,
+    "repairs": 0,
 }
 
 

@@ -22,7 +22,36 @@ def alembic_config(dsn: str) -> Config:
 
 
 def upgrade(dsn: str, revision: str = "head") -> None:
+    """Apply the migrations, then store the worker's option rules for the insert check."""
     command.upgrade(alembic_config(dsn), revision)
+    sync_options_schema(dsn)
+
+
+def sync_options_schema(dsn: str) -> None:
+    """Store :func:`worker.options.options_schema` where the insert trigger reads it.
+
+    Part of every ``fullpass migrate``, so a release that adds an option
+    teaches the database about it without a schema revision.
+    """
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    from worker import queries
+    from worker.options import options_schema
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        exists = conn.execute(queries.OPTIONS_SCHEMA_TABLE).fetchone()
+        if exists and exists[0] is not None:
+            conn.execute(queries.STORE_OPTIONS_SCHEMA, {"schema": Jsonb(options_schema())})
+
+
+def head() -> str:
+    """The newest revision this release knows."""
+    from alembic.script import ScriptDirectory
+
+    revision = ScriptDirectory.from_config(alembic_config("")).get_current_head()
+    assert revision is not None
+    return revision
 
 
 def downgrade(dsn: str, revision: str) -> None:

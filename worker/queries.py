@@ -12,8 +12,12 @@ from typing import LiteralString
 # --- stage lifecycle ------------------------------------------------------
 
 #: Claims a stage for a job: only when the job's generation is current, the
-#: import is still live and the stage has not finished. Returns the import row
-#: and the stage's new attempt number, or nothing (stale or duplicate job).
+#: import is still live and the stage has not finished. Every claim draws a
+#: new lease: from now on only this job may call a model, checkpoint or finish
+#: for the stage (a job requeued from a stalled worker gets a new lease, and
+#: the stalled one, if it ever wakes up, finds its lease gone). Returns the
+#: import row, the stage's new attempt number and the lease, or nothing
+#: (stale or duplicate job).
 CLAIM_STAGE: LiteralString = """
 WITH imp AS (
     SELECT * FROM public.imports
@@ -22,11 +26,11 @@ WITH imp AS (
      FOR NO KEY UPDATE
 ), st AS (
     UPDATE public.import_stages s
-       SET status = 'running', attempts = s.attempts + 1, error = NULL,
+       SET status = 'running', attempts = s.attempts + 1, error = NULL, lease = gen_random_uuid(),
            started_at = coalesce(s.started_at, now()), finished_at = NULL, updated_at = now()
       FROM imp
      WHERE s.import_id = imp.id AND s.stage = %(stage)s AND s.status <> 'done'
-    RETURNING s.attempts
+    RETURNING s.attempts, s.lease
 ), upd AS (
     UPDATE public.imports i
        SET status = 'processing', stage = %(stage)s, attempts = st.attempts, error = NULL,
@@ -36,8 +40,35 @@ WITH imp AS (
     RETURNING i.id
 )
 SELECT imp.id, imp.user_id, imp.storage_path, imp.options, imp.generation, imp.status,
-       st.attempts
+       st.attempts, st.lease
   FROM imp, st
+"""
+
+#: A claim that failed for another reason than the database going away (a bug,
+#: data the worker cannot handle): counted as an attempt of the stage, and the
+#: import fails once the attempts are used up, so it is never left pending.
+CLAIM_FAILED: LiteralString = """
+WITH imp AS (
+    SELECT id, user_id FROM public.imports
+     WHERE id = %(import_id)s AND generation = %(generation)s
+       AND status IN ('pending', 'processing')
+     FOR NO KEY UPDATE
+), st AS (
+    UPDATE public.import_stages s
+       SET attempts = s.attempts + 1, error = %(error)s, updated_at = now(),
+           status = CASE WHEN s.attempts + 1 >= %(max_attempts)s THEN 'failed' ELSE s.status END,
+           finished_at = CASE WHEN s.attempts + 1 >= %(max_attempts)s THEN now() END
+      FROM imp
+     WHERE s.import_id = imp.id AND s.stage = %(stage)s
+    RETURNING s.attempts, s.status = 'failed' AS final
+)
+UPDATE public.imports i
+   SET error = %(stage)s || ': ' || %(error)s, updated_at = now(), attempts = st.attempts,
+       status = CASE WHEN st.final THEN 'failed' ELSE i.status END,
+       completed_at = CASE WHEN st.final THEN now() ELSE i.completed_at END
+  FROM st
+ WHERE i.id = %(import_id)s
+RETURNING i.user_id, st.final, st.attempts
 """
 
 MIRROR_PROFILE: LiteralString = """
@@ -50,16 +81,21 @@ SELECT stage, output FROM public.import_stages
 """
 
 #: Locks the import for the final write of a stage and says whether the job
-#: is still the current one.
+#: still holds it: same generation, still processing, and the stage's lease.
 LOCK_CURRENT: LiteralString = """
-SELECT id FROM public.imports
- WHERE id = %(import_id)s AND generation = %(generation)s AND status = 'processing'
- FOR NO KEY UPDATE
+SELECT i.id FROM public.imports i
+  JOIN public.import_stages s ON s.import_id = i.id AND s.stage = %(stage)s
+ WHERE i.id = %(import_id)s AND i.generation = %(generation)s AND i.status = 'processing'
+   AND s.lease = %(lease)s
+   FOR NO KEY UPDATE OF i
 """
 
+#: Whether the job still holds the stage (asked before every model call).
 IS_CURRENT: LiteralString = """
-SELECT 1 FROM public.imports
- WHERE id = %(import_id)s AND generation = %(generation)s AND status = 'processing'
+SELECT 1 FROM public.imports i
+  JOIN public.import_stages s ON s.import_id = i.id AND s.stage = %(stage)s
+ WHERE i.id = %(import_id)s AND i.generation = %(generation)s AND i.status = 'processing'
+   AND s.lease = %(lease)s
 """
 
 FINISH_STAGE: LiteralString = """
@@ -88,7 +124,8 @@ SELECT public.fullpass_defer(%(import_id)s, %(stage)s, %(generation)s,
                              now() + %(delay)s * interval '1 second') AS job_id
 """
 
-#: A parked stage keeps its output (e.g. the batch ids) and gives its attempt back.
+#: A parked stage keeps its output (e.g. the batch ids) and gives its attempt back
+#: (run after LOCK_CURRENT, in the same transaction).
 PARK_STAGE: LiteralString = """
 UPDATE public.import_stages
    SET output = %(output)s, attempts = greatest(attempts - 1, 0), updated_at = now()
@@ -108,7 +145,8 @@ UPDATE public.imports
  WHERE id = %(import_id)s
 """
 
-#: Records a failed attempt; ``final`` also fails the import.
+#: Records a failed attempt of the job holding the stage's lease; ``final``
+#: also fails the import.
 FAIL_STAGE: LiteralString = """
 WITH imp AS (
     SELECT id FROM public.imports
@@ -121,7 +159,7 @@ WITH imp AS (
            error = %(error)s, updated_at = now(),
            finished_at = CASE WHEN %(final)s THEN now() END
       FROM imp
-     WHERE s.import_id = imp.id AND s.stage = %(stage)s
+     WHERE s.import_id = imp.id AND s.stage = %(stage)s AND s.lease = %(lease)s
     RETURNING s.stage
 )
 UPDATE public.imports i
@@ -139,19 +177,33 @@ SET_PROGRESS: LiteralString = """
 UPDATE public.import_stages
    SET items_done = %(done)s, items_total = coalesce(%(total)s, items_total), updated_at = now()
  WHERE import_id = %(import_id)s AND stage = %(stage)s AND status = 'running'
+   AND lease = %(lease)s
 """
 
+#: Tokens a call cost. Booked on the stage and the generation only while the
+#: job holds the stage; the import's whole spend counts them whatever happens.
 ADD_USAGE: LiteralString = """
-WITH st AS (
-    UPDATE public.import_stages
-       SET input_tokens = input_tokens + %(input_tokens)s,
-           output_tokens = output_tokens + %(output_tokens)s, updated_at = now()
-     WHERE import_id = %(import_id)s AND stage = %(stage)s
+WITH cur AS (
+    SELECT s.import_id FROM public.import_stages s
+      JOIN public.imports i ON i.id = s.import_id
+     WHERE s.import_id = %(import_id)s AND s.stage = %(stage)s AND s.lease = %(lease)s
+       AND i.generation = %(generation)s AND i.status = 'processing'
+), st AS (
+    UPDATE public.import_stages s
+       SET input_tokens = s.input_tokens + %(input_tokens)s,
+           output_tokens = s.output_tokens + %(output_tokens)s, updated_at = now()
+      FROM cur
+     WHERE s.import_id = cur.import_id AND s.stage = %(stage)s
 )
-UPDATE public.imports
-   SET input_tokens = input_tokens + %(input_tokens)s,
-       output_tokens = output_tokens + %(output_tokens)s, updated_at = now()
- WHERE id = %(import_id)s
+UPDATE public.imports i
+   SET input_tokens = i.input_tokens
+           + CASE WHEN EXISTS (SELECT 1 FROM cur) THEN %(input_tokens)s ELSE 0 END,
+       output_tokens = i.output_tokens
+           + CASE WHEN EXISTS (SELECT 1 FROM cur) THEN %(output_tokens)s ELSE 0 END,
+       spent_input_tokens = i.spent_input_tokens + %(input_tokens)s,
+       spent_output_tokens = i.spent_output_tokens + %(output_tokens)s,
+       updated_at = now()
+ WHERE i.id = %(import_id)s
 """
 
 # --- chunks ---------------------------------------------------------------
@@ -189,13 +241,16 @@ SELECT chunk_id::text AS chunk_id, content_hash FROM public.chunk_facts
 
 #: The facts of one call's chunks (a jsonb array of rows) and the call's token
 #: usage, in one statement: one round trip per call, atomic without a
-#: transaction block. Everything is fenced by the import's generation: a
-#: requeued or cancelled run leaves no checkpoint and books no tokens (the
-#: statement then returns 0 rows written).
+#: transaction block. Fenced by the import's generation and the stage's lease:
+#: a job that no longer holds the stage writes no checkpoint and books its
+#: tokens only in the import's whole spend (``current`` is then false). A chunk
+#: already checkpointed with the same content is left as it is.
 CHECKPOINT_CHUNK_FACTS: LiteralString = """
 WITH current AS (
     SELECT i.id, i.user_id FROM public.imports i
+      JOIN public.import_stages s ON s.import_id = i.id AND s.stage = %(stage)s
      WHERE i.id = %(import_id)s AND i.generation = %(generation)s AND i.status = 'processing'
+       AND s.lease = %(lease)s
 ), written AS (
     INSERT INTO public.chunk_facts (import_id, chunk_id, user_id, content_hash, facts, model,
                                     input_tokens, output_tokens, cache_read_tokens, error)
@@ -210,6 +265,7 @@ WITH current AS (
            input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
            cache_read_tokens = EXCLUDED.cache_read_tokens, error = EXCLUDED.error,
            created_at = now()
+     WHERE chunk_facts.content_hash IS DISTINCT FROM EXCLUDED.content_hash
     RETURNING 1
 ), stage AS (
     UPDATE public.import_stages s
@@ -220,12 +276,16 @@ WITH current AS (
        AND %(input_tokens)s + %(output_tokens)s > 0
 ), total AS (
     UPDATE public.imports i
-       SET input_tokens = i.input_tokens + %(input_tokens)s,
-           output_tokens = i.output_tokens + %(output_tokens)s, updated_at = now()
-      FROM current c
-     WHERE i.id = c.id AND %(input_tokens)s + %(output_tokens)s > 0
+       SET input_tokens = i.input_tokens
+               + CASE WHEN EXISTS (SELECT 1 FROM current) THEN %(input_tokens)s ELSE 0 END,
+           output_tokens = i.output_tokens
+               + CASE WHEN EXISTS (SELECT 1 FROM current) THEN %(output_tokens)s ELSE 0 END,
+           spent_input_tokens = i.spent_input_tokens + %(input_tokens)s,
+           spent_output_tokens = i.spent_output_tokens + %(output_tokens)s,
+           updated_at = now()
+     WHERE i.id = %(import_id)s AND %(input_tokens)s + %(output_tokens)s > 0
 )
-SELECT count(*) AS written FROM written
+SELECT EXISTS (SELECT 1 FROM current) AS current, (SELECT count(*) FROM written) AS written
 """
 
 CHUNK_FACTS_SUMMARY: LiteralString = """
@@ -330,3 +390,12 @@ SELECT p.memory_md FROM public.user_profiles p
 """
 
 SQL_STAGES: LiteralString = "SELECT stage FROM public.fullpass_stages() ORDER BY position"
+
+# --- migrations -----------------------------------------------------------
+
+OPTIONS_SCHEMA_TABLE: LiteralString = "SELECT to_regclass('public.fullpass_options_schema')"
+
+STORE_OPTIONS_SCHEMA: LiteralString = """
+INSERT INTO public.fullpass_options_schema (id, schema) VALUES (true, %(schema)s)
+ON CONFLICT (id) DO UPDATE SET schema = EXCLUDED.schema, updated_at = now()
+"""

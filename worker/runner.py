@@ -33,12 +33,14 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from jobs.context import ImportRow, StageContext, StageResult, StaleJob
+from jobs.context import ImportRow, StageContext, StageResult
 from jobs.errors import BadInput, StageError
 from jobs.registry import STAGE_FUNCTIONS
 from worker import notify, queries
 from worker.db import Conn
+from worker.errors import StaleJob
 from worker.llm.base import LLMProvider, Usage
+from worker.options import InvalidOptions
 from worker.redact import error_text
 from worker.settings import Settings
 from worker.stages import next_stage
@@ -99,7 +101,13 @@ async def run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) ->
 
 
 async def _run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) -> None:
-    claimed = await _claim(deps.pool, stage, import_id, generation)
+    try:
+        claimed = await _claim(deps.pool, stage, import_id, generation)
+    except (psycopg.OperationalError, psycopg.InterfaceError):
+        raise
+    except Exception as exc:
+        await _claim_failed(deps, stage, import_id, generation, exc)
+        return
     if claimed is None:
         logger.info(
             "stage skipped: job is stale or the stage is already done",
@@ -108,10 +116,10 @@ async def _run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) -
         return
     imp, attempt = claimed
     log_extra: dict[str, Any] = {"import_id": str(imp.id), "stage": stage, "attempt": attempt}
-    ctx = await _context(deps, imp, stage, attempt)
     started = time.monotonic()
     logger.info("stage started", extra=log_extra)
     try:
+        ctx = await _context(deps, imp, stage, attempt)
         result = await STAGE_FUNCTIONS[stage](ctx)
         await _complete(deps.pool, imp, stage, result)
     except StaleJob:
@@ -134,7 +142,7 @@ async def _run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) -
             except Exception as exc:
                 logger.warning("after-commit step failed: %s", error_text(exc), extra=log_extra)
         if next_stage(stage) is None:
-            shutil.rmtree(ctx.workdir, ignore_errors=True)
+            shutil.rmtree(workdir_for(deps.settings, imp.id), ignore_errors=True)
 
 
 async def _handle_failure(
@@ -193,16 +201,64 @@ async def _claim(
         storage_path=row["storage_path"],
         options=dict(row["options"] or {}),
         generation=row["generation"],
+        lease=row["lease"],
     )
     return imp, int(row["attempts"])
+
+
+async def _claim_failed(
+    deps: Deps, stage: str, import_id: UUID, generation: int, exc: Exception
+) -> None:
+    """A claim that raised (not a lost connection): count it, never leave the import pending."""
+    message = error_text(exc)
+    log_extra = {"import_id": str(import_id), "stage": stage, "generation": generation}
+    logger.error("claiming the stage failed: %s", message, extra=log_extra, exc_info=exc)
+    async with deps.pool.connection() as conn, conn.transaction():
+        row = await (
+            await conn.execute(
+                queries.CLAIM_FAILED,
+                {
+                    "import_id": import_id,
+                    "generation": generation,
+                    "stage": stage,
+                    "error": message,
+                    "max_attempts": deps.settings.max_attempts,
+                },
+            )
+        ).fetchone()
+        if row is None:
+            return  # requeued or cancelled meanwhile
+        if row["final"]:
+            await conn.execute(
+                queries.MIRROR_PROFILE,
+                {"user_id": row["user_id"], "status": "failed", "error": f"{stage}: {message}"},
+            )
+    if row["final"]:
+        await notify.alert(
+            deps.settings,
+            {
+                "event": "import_failed",
+                "import_id": str(import_id),
+                "user_id": str(row["user_id"]),
+                "stage": stage,
+                "attempts": row["attempts"],
+                "error": message,
+            },
+        )
+        raise StageFailed(f"{stage}: {message}")
+    raise StageRetry(message, backoff_seconds(deps.settings, int(row["attempts"])))
 
 
 async def _context(deps: Deps, imp: ImportRow, stage: str, attempt: int) -> StageContext:
     async with deps.pool.connection() as conn:
         rows = await (await conn.execute(queries.STAGE_OUTPUTS, {"import_id": imp.id})).fetchall()
     outputs = {r["stage"]: dict(r["output"] or {}) for r in rows}
+    try:
+        options = deps.settings.options.merged(imp.options)
+    except InvalidOptions as exc:
+        raise BadInput(str(exc)) from None
     pool = deps.pool
-    key = {"import_id": imp.id, "stage": stage}
+    key = imp.fence(stage)
 
     async def report_progress(done: int, total: int | None) -> None:
         async with pool.connection() as conn:
@@ -219,11 +275,7 @@ async def _context(deps: Deps, imp: ImportRow, stage: str, attempt: int) -> Stag
 
     async def ensure_current() -> None:
         async with pool.connection() as conn:
-            row = await (
-                await conn.execute(
-                    queries.IS_CURRENT, {"import_id": imp.id, "generation": imp.generation}
-                )
-            ).fetchone()
+            row = await (await conn.execute(queries.IS_CURRENT, key)).fetchone()
         if row is None:
             raise StaleJob()
 
@@ -241,6 +293,7 @@ async def _context(deps: Deps, imp: ImportRow, stage: str, attempt: int) -> Stag
         report_progress=report_progress,
         record_usage=record_usage,
         ensure_current=ensure_current,
+        options=options,
     )
 
 
@@ -259,11 +312,7 @@ async def _complete(
             "chunk_count": result.chunk_count,
             "fact_count": result.fact_count,
         }
-        current = await (
-            await conn.execute(
-                queries.LOCK_CURRENT, {"import_id": imp.id, "generation": imp.generation}
-            )
-        ).fetchone()
+        current = await (await conn.execute(queries.LOCK_CURRENT, imp.fence(stage))).fetchone()
         if current is None:
             raise StaleJob()  # rolls back the stage's writes too
         await conn.execute(
@@ -291,11 +340,7 @@ async def _reschedule(
     is held meanwhile, and the wait does not count as an attempt.
     """
     async with pool.connection() as conn, conn.transaction():
-        current = await (
-            await conn.execute(
-                queries.LOCK_CURRENT, {"import_id": imp.id, "generation": imp.generation}
-            )
-        ).fetchone()
+        current = await (await conn.execute(queries.LOCK_CURRENT, imp.fence(stage))).fetchone()
         if current is None:
             raise StaleJob()
         await conn.execute(
@@ -319,14 +364,7 @@ async def _record_failure(
     async with pool.connection() as conn, conn.transaction():
         row = await (
             await conn.execute(
-                queries.FAIL_STAGE,
-                {
-                    "import_id": imp.id,
-                    "generation": imp.generation,
-                    "stage": stage,
-                    "error": message,
-                    "final": final,
-                },
+                queries.FAIL_STAGE, {**imp.fence(stage), "error": message, "final": final}
             )
         ).fetchone()
         if row is None:

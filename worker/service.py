@@ -374,7 +374,7 @@ async def run_worker(
     dsn = dsn or resolve_dsn(settings)
     concurrency = concurrency or settings.worker_concurrency
     # Each running stage may hold a connection per in-flight LLM call's checkpoint.
-    pool = make_pool(dsn, max_size=concurrency * 2 + settings.concurrency + 4)
+    pool = make_pool(dsn, max_size=concurrency * 2 + settings.options.concurrency + 4)
     await _open_with_backoff(pool)
     llm = make_provider(settings)
     app = tasks.build_app()

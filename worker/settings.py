@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.options import EnvOptions, Options
 
 DEFAULT_MODEL = "claude-haiku-4-5-20251001"
 
@@ -31,9 +33,8 @@ class Settings(BaseSettings):
     llm: Literal["anthropic", "offline"] | None = Field(default=None, alias="FULLPASS_LLM")
     llm_timeout: float = Field(default=120.0, alias="FULLPASS_LLM_TIMEOUT")
     llm_max_retries: int = Field(default=4, alias="FULLPASS_LLM_MAX_RETRIES")
-    concurrency: int = Field(default=10, ge=1, le=100, alias="FULLPASS_CONCURRENCY")
-    batch: bool = Field(default=False, alias="FULLPASS_BATCH")
-    batch_poll_seconds: float = Field(default=60.0, gt=0, alias="FULLPASS_BATCH_POLL_SECONDS")
+    #: The pipeline's knobs (``FULLPASS_<NAME>``): defaults every import may override.
+    options: EnvOptions = Field(default_factory=lambda: EnvOptions())
     global_concurrency: int = Field(default=20, ge=1, le=500, alias="FULLPASS_GLOBAL_CONCURRENCY")
 
     supabase_url: str | None = Field(default=None, alias="SUPABASE_URL")
@@ -59,6 +60,21 @@ class Settings(BaseSettings):
     )
     max_zip_members: int = Field(default=10_000, alias="FULLPASS_MAX_ZIP_MEMBERS")
     max_zip_ratio: float = Field(default=200.0, alias="FULLPASS_MAX_ZIP_RATIO")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_options(cls, data: Any) -> Any:
+        """``Settings(FULLPASS_CONCURRENCY=4)`` sets the option, as the environment would."""
+        if not isinstance(data, dict):
+            return data
+        knobs = {}
+        for key in list(data):
+            name = key.lower().removeprefix("fullpass_") if isinstance(key, str) else ""
+            if key.lower().startswith("fullpass_") and name in Options.model_fields:
+                knobs[name] = data.pop(key)
+        if knobs:
+            data["options"] = EnvOptions(**knobs)
+        return data
 
     @model_validator(mode="after")
     def _resolve_llm(self) -> Settings:

@@ -166,7 +166,7 @@ class AnthropicProvider:
     """:class:`~worker.llm.base.LLMProvider` backed by the Claude Messages API.
 
     ``limiter`` bounds this provider's in-flight requests (default: an
-    :class:`AdaptiveLimiter` of ``settings.concurrency``); every request also
+    :class:`AdaptiveLimiter` of ``settings.options.concurrency``); every request also
     passes the process-wide limiter of ``settings.global_concurrency`` unless
     ``use_global_limiter`` is false. The backoff knobs exist so tests can run
     retries in milliseconds. ``send_temperature`` starts true and turns itself
@@ -204,7 +204,7 @@ class AnthropicProvider:
         else:
             self._owns_client = False
         self._client = client
-        self.limiter = limiter or AdaptiveLimiter(settings.concurrency)
+        self.limiter = limiter or AdaptiveLimiter(settings.options.concurrency)
         self._use_global = use_global_limiter
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
