@@ -348,10 +348,23 @@ def _input(item: _Todo, transcript: str) -> ExtractionInput:
 async def _online(
     ctx: StageContext, todo: list[tuple[str, str]], state: _MapState, total: int
 ) -> None:
-    """Extract ``todo`` with at most ``concurrency`` calls in flight, checkpointing each."""
+    """Extract ``todo`` with at most ``concurrency`` calls in flight, checkpointing each.
+
+    When the job loses the stage (requeued, cancelled, or handed to another
+    worker after this one stalled), no new call starts, but the calls already
+    in flight are awaited: their answers are refused as checkpoints, and what
+    they cost is still booked in the import's whole spend.
+    """
     limit = ctx.options.concurrency
     queue: asyncio.Queue[_Group | None] = asyncio.Queue(maxsize=limit * 2)
     checked = time.monotonic()
+    stale = asyncio.Event()
+
+    async def unless_stale(step: Coroutine[Any, Any, None]) -> None:
+        try:
+            await step
+        except StaleJob:
+            stale.set()
 
     async def produce() -> None:
         async for group in _groups(ctx, todo, state):
@@ -369,11 +382,15 @@ async def _online(
             await ctx.report_progress(state.completed, total)
 
     async def consume(tasks: asyncio.TaskGroup) -> None:
-        while (group := await queue.get()) is not None:
-            write = await _extract_group(ctx, group, state)
+        while not stale.is_set() and (group := await queue.get()) is not None:
+            try:
+                write = await _extract_group(ctx, group, state)
+            except StaleJob:
+                stale.set()
+                return
             if write is not None:
                 # The checkpoint commits in the background: the call slot is free at once.
-                pending = finish(write, len(group.members))
+                pending = unless_stale(finish(write, len(group.members)))
                 try:
                     tasks.create_task(pending)
                 except RuntimeError:
@@ -384,11 +401,14 @@ async def _online(
 
     try:
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(produce())
-            for _ in range(limit):
-                tasks.create_task(consume(tasks))
+            producer = tasks.create_task(unless_stale(produce()))
+            consumers = [tasks.create_task(consume(tasks)) for _ in range(limit)]
+            await asyncio.wait(consumers)
+            producer.cancel()  # stale: nobody takes its next group
     except ExceptionGroup as eg:
         raise eg.exceptions[0] from None  # the first cause, not the group wrapper
+    if stale.is_set():
+        raise StaleJob()
     await ctx.report_progress(state.completed, total)
 
 

@@ -1,8 +1,10 @@
 """``fullpass health``: is the pipeline able to make progress?
 
 Unhealthy when the database cannot be reached, when no worker has sent a
-heartbeat recently, or when an import has not moved for longer than the
-threshold. Meant for liveness probes and cron alerts: it exits non-zero.
+heartbeat recently, when an import is pending or processing with no job
+queued or running (reported at once: nothing will move it until a worker
+repairs it), or when an import has not moved for longer than the threshold.
+Meant for liveness probes and cron alerts: it exits non-zero.
 """
 
 from __future__ import annotations
@@ -13,21 +15,10 @@ from typing import Any
 
 import psycopg
 
+from worker import maintenance, queries
 from worker.db import connect, resolve_dsn
 from worker.redact import error_text
 from worker.settings import Settings
-
-FRESH_WORKERS = """
-SELECT count(*) AS n FROM public.procrastinate_workers
- WHERE last_heartbeat > now() - %(seconds)s * interval '1 second'
-"""
-
-STUCK_IMPORTS = """
-SELECT id, status, stage, updated_at FROM public.imports
- WHERE status IN ('pending', 'processing')
-   AND updated_at < now() - %(minutes)s * interval '1 minute'
- ORDER BY updated_at LIMIT 20
-"""
 
 
 @dataclass
@@ -35,6 +26,7 @@ class HealthReport:
     database: bool = False
     fresh_workers: int = 0
     stuck_imports: list[dict[str, Any]] = field(default_factory=list)
+    orphaned_imports: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -47,6 +39,7 @@ class HealthReport:
             "database": self.database,
             "fresh_workers": self.fresh_workers,
             "stuck_imports": self.stuck_imports,
+            "orphaned_imports": self.orphaned_imports,
             "problems": self.problems,
         }
 
@@ -59,13 +52,19 @@ async def check(settings: Settings, *, stuck_minutes: float = 30.0) -> HealthRep
             report.database = True
             try:
                 row = await (
-                    await conn.execute(FRESH_WORKERS, {"seconds": settings.stalled_seconds})
+                    await conn.execute(queries.FRESH_WORKERS, {"seconds": settings.stalled_seconds})
                 ).fetchone()
                 report.fresh_workers = int(row["n"]) if row else 0
                 stuck = await (
-                    await conn.execute(STUCK_IMPORTS, {"minutes": stuck_minutes})
+                    await conn.execute(queries.STUCK_IMPORTS, {"minutes": stuck_minutes})
                 ).fetchall()
                 report.stuck_imports = [dict(r) for r in stuck]
+                orphaned = await (
+                    await conn.execute(
+                        queries.ORPHANED_IMPORTS, {"grace": maintenance.ORPHAN_GRACE_SECONDS}
+                    )
+                ).fetchall()
+                report.orphaned_imports = [dict(r) for r in orphaned]
             except psycopg.Error as exc:
                 report.problems.append(f"health query failed: {error_text(exc)}")
                 return report
@@ -75,6 +74,12 @@ async def check(settings: Settings, *, stuck_minutes: float = 30.0) -> HealthRep
     if report.fresh_workers == 0:
         report.problems.append(
             f"no worker has sent a heartbeat in the last {settings.stalled_seconds:g}s"
+        )
+    if report.orphaned_imports:
+        report.problems.append(
+            f"{len(report.orphaned_imports)} import(s) are pending or processing with no job"
+            " queued or running (a worker repairs them within"
+            f" {settings.maintenance_seconds:g}s)"
         )
     if report.stuck_imports:
         report.problems.append(

@@ -86,6 +86,7 @@ def setup_logging(settings: Settings, *, stream: Any = None) -> None:
     root.setLevel(settings.log_level.upper())
     for noisy in (
         "httpx",
+        "httpx2",
         "httpcore",
         "anthropic",
         "psycopg.pool",

@@ -391,6 +391,44 @@ SELECT p.memory_md FROM public.user_profiles p
 
 SQL_STAGES: LiteralString = "SELECT stage FROM public.fullpass_stages() ORDER BY position"
 
+# --- maintenance -------------------------------------------------------------
+
+#: Pending or processing imports with no queued or running job (see maintenance.py).
+ORPHANED_IMPORTS: LiteralString = """
+SELECT import_id, status, stage, repairs FROM public.fullpass_orphaned_imports
+ WHERE updated_at < now() - %(grace)s * interval '1 second'
+ ORDER BY updated_at LIMIT 100
+"""
+
+REPAIR_IMPORT: LiteralString = """
+SELECT public.fullpass_repair_import(%(import_id)s, %(max_repairs)s) AS action
+"""
+
+LIVE_IMPORTS: LiteralString = """
+SELECT id FROM public.imports WHERE id = ANY(%(ids)s) AND status IN ('pending', 'processing')
+"""
+
+# --- health ------------------------------------------------------------------
+
+FRESH_WORKERS: LiteralString = """
+SELECT count(*) AS n FROM public.procrastinate_workers
+ WHERE last_heartbeat > now() - %(seconds)s * interval '1 second'
+"""
+
+STUCK_IMPORTS: LiteralString = """
+SELECT id, status, stage, updated_at FROM public.imports
+ WHERE status IN ('pending', 'processing')
+   AND updated_at < now() - %(minutes)s * interval '1 minute'
+ ORDER BY updated_at LIMIT 20
+"""
+
+# --- the queue -------------------------------------------------------------
+
+#: Who runs a job now (a worker checks before it writes the job's end).
+JOB_OWNER: LiteralString = """
+SELECT status, worker_id FROM public.procrastinate_jobs WHERE id = %(job_id)s
+"""
+
 # --- migrations -----------------------------------------------------------
 
 OPTIONS_SCHEMA_TABLE: LiteralString = "SELECT to_regclass('public.fullpass_options_schema')"

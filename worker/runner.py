@@ -25,7 +25,6 @@ import random
 import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -40,6 +39,7 @@ from worker import notify, queries
 from worker.db import Conn
 from worker.errors import StaleJob
 from worker.llm.base import LLMProvider, Usage
+from worker.maintenance import workdir_for
 from worker.options import InvalidOptions
 from worker.redact import error_text
 from worker.settings import Settings
@@ -73,10 +73,6 @@ def backoff_seconds(settings: Settings, attempt: int) -> float:
     """Exponential backoff with jitter: base·2^(attempt-1), ±25 %."""
     base = float(settings.retry_base_seconds * 2 ** max(attempt - 1, 0))
     return round(base * random.uniform(0.75, 1.25), 3)
-
-
-def workdir_for(settings: Settings, import_id: UUID) -> Path:
-    return settings.home / "work" / str(import_id)
 
 
 async def run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) -> None:
@@ -164,6 +160,7 @@ async def _handle_failure(
     if not recorded:
         return  # requeued or cancelled meanwhile: the new run owns the import
     if final:
+        shutil.rmtree(workdir_for(deps.settings, imp.id), ignore_errors=True)
         await notify.alert(
             deps.settings,
             {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -30,10 +31,11 @@ from procrastinate import job_context
 from procrastinate import jobs as pjobs
 from procrastinate import sql as psql
 from procrastinate import worker as pworker
+from procrastinate.manager import get_channel_for_queues
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from worker import runner, tasks
+from worker import maintenance, queries, runner, tasks
 from worker.db import Conn, resolve_dsn
 from worker.llm import make_provider
 from worker.redact import error_text, register_secrets
@@ -41,6 +43,9 @@ from worker.settings import Settings
 from worker.stages import QUEUE
 
 logger = logging.getLogger("fullpass.worker")
+
+#: How long a fenced worker lets its jobs stop by themselves before cancelling them.
+FENCE_GRACE_SECONDS = 5.0
 
 
 async def _autocommit(conn: Conn) -> None:
@@ -115,6 +120,9 @@ class ResilientWorker(pworker.Worker):
         self.persist_retry_seconds = persist_retry_seconds
         self._fenced_job_ids: set[int] = set()
         self._db_warned_at = 0.0
+        self._abort_check: asyncio.Task[None] | None = None
+        self._abort_recheck = False
+        self._ignored_notifications = 0
         #: Jobs the sweeper saw marked as ours that we do not run (see the sweeper).
         self.orphans_seen: set[int] = set()
 
@@ -197,10 +205,15 @@ class ResilientWorker(pworker.Worker):
             " abandoning %d running job(s) to the queue and registering again",
             len(running),
         )
-        for job_id, task in running.items():
+        for job_id in running:
             if job_id is not None:
                 self._fenced_job_ids.add(job_id)
-            task.cancel()
+        # Their leases are gone: a stage stops by itself at its next model call
+        # or write, booking what the calls in flight cost. Cancel the rest.
+        if running:
+            _, pending = await asyncio.wait(running.values(), timeout=FENCE_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
         self.worker_id = await self.app.job_manager.register_worker()
         logger.info("registered as queue worker %s", self.worker_id)
 
@@ -218,11 +231,12 @@ class ResilientWorker(pworker.Worker):
 
     async def _listen(self) -> None:
         delay = 0.5
+        channels = get_channel_for_queues(self.queues)
         while True:
             started = time.monotonic()
             try:
-                await self.app.job_manager.listen_for_jobs(
-                    on_notification=self._handle_notification, queues=self.queues
+                await self.app.connector.listen_notify(
+                    on_notification=self._on_notify, channels=channels
                 )
             except Exception as exc:
                 if not is_database_error(exc):
@@ -237,6 +251,54 @@ class ResilientWorker(pworker.Worker):
                 delay = 0.5
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, 10.0)
+
+    async def _on_notify(self, *, channel: str, payload: str) -> None:
+        """Parse a notification leniently: any role may NOTIFY on our channels.
+
+        procrastinate's own listener decodes the payload and reads its fields
+        unguarded, so one ``pg_notify(channel, 'x')`` from ``anon`` would stop
+        the listener, and with it the worker. Here garbage is dropped.
+        """
+        try:
+            notification = json.loads(payload)
+        except ValueError:
+            notification = None
+        if not isinstance(notification, dict) or not isinstance(notification.get("type"), str):
+            self._ignored_notifications += 1
+            return
+        await self._handle_notification(channel=channel, notification=notification)
+
+    async def _handle_notification(self, *, channel: str, notification: Any) -> None:
+        """A notification is a hint to look, never an order.
+
+        ``job_inserted`` costs one job fetch. ``abort_job_requested`` is checked
+        against the jobs table: only a job whose row says an abort was
+        requested (``cancel_import``/``requeue_import`` write it) is aborted.
+        """
+        if notification["type"] == "abort_job_requested":
+            self._check_aborts_soon()
+        elif notification["type"] == "job_inserted":
+            self._new_job_event.set()
+
+    def _check_aborts_soon(self) -> None:
+        """One check of the jobs to abort at a time, however many hints arrive."""
+        if self._abort_check is not None and not self._abort_check.done():
+            self._abort_recheck = True
+            return
+        self._abort_check = asyncio.create_task(self._check_aborts(), name="abort check")
+
+    async def _check_aborts(self) -> None:
+        while True:
+            self._abort_recheck = False
+            if self._running_jobs:
+                try:
+                    job_ids = await self.app.job_manager.list_jobs_to_abort_async()
+                except Exception as exc:
+                    self._db_warning("checking jobs to abort", exc)
+                    return  # the periodic abort poll looks again
+                self._handle_abort_jobs_requested(job_ids)
+            if not self._abort_recheck:
+                return
 
     async def _fetch_and_process_jobs(self) -> None:
         try:
@@ -264,6 +326,13 @@ class ResilientWorker(pworker.Worker):
                 self._fenced_job_ids.discard(job.id)
                 return  # abandoned to the queue: its status is someone else's now
             try:
+                if not await self._still_ours(job):
+                    logger.warning(
+                        "job %s was handed to another worker while this one was stalled;"
+                        " leaving its status alone",
+                        job.id,
+                    )
+                    return
                 await super()._persist_job_status(
                     job=job,
                     status=status,
@@ -280,6 +349,16 @@ class ResilientWorker(pworker.Worker):
                 self._db_warning(f"recording the end of job {job.id}", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _still_ours(self, job: pjobs.Job) -> bool:
+        """Whether the job's row still says this worker runs it.
+
+        A worker that froze past the stalled timeout (SIGSTOP, a VM pause) has
+        its jobs requeued and taken by others; when it wakes up, finishing
+        "its" job would overwrite the new runner's status.
+        """
+        row = await self.app.connector.execute_query_one_async(queries.JOB_OWNER, job_id=job.id)
+        return bool(row and row["status"] == "doing" and row["worker_id"] == self.worker_id)
 
     def wake(self) -> None:
         """Look for jobs now instead of at the next poll."""
@@ -407,13 +486,15 @@ async def run_worker(
     )
     try:
         async with app.open_async(pool):
-            sweeper = asyncio.create_task(
-                _sweeper(app, settings, worker), name="stalled-job sweeper"
-            )
+            background = [
+                asyncio.create_task(_sweeper(app, settings, worker), name="stalled-job sweeper"),
+                asyncio.create_task(maintenance.loop(pool, settings), name="maintenance"),
+            ]
             try:
                 await _run_with_backoff(worker)
             finally:
-                sweeper.cancel()
+                for task in background:
+                    task.cancel()
     finally:
         await llm.aclose()
         await pool.close()

@@ -45,12 +45,14 @@ class Settings(BaseSettings):
 
     alert_webhook: str | None = Field(default=None, alias="FULLPASS_ALERT_WEBHOOK")
     callback_url: str | None = Field(default=None, alias="FULLPASS_CALLBACK_URL")
+    webhook_timeout: float = Field(default=10.0, gt=0, alias="FULLPASS_WEBHOOK_TIMEOUT")
 
     worker_concurrency: int = Field(default=4, ge=1, alias="FULLPASS_WORKER_CONCURRENCY")
     max_attempts: int = Field(default=4, ge=1, alias="FULLPASS_MAX_ATTEMPTS")
     retry_base_seconds: int = Field(default=2, ge=0, alias="FULLPASS_RETRY_BASE_SECONDS")
     heartbeat_seconds: float = Field(default=5.0, gt=0, alias="FULLPASS_HEARTBEAT_SECONDS")
     stalled_seconds: float = Field(default=30.0, gt=0, alias="FULLPASS_STALLED_SECONDS")
+    maintenance_seconds: float = Field(default=30.0, gt=0, alias="FULLPASS_MAINTENANCE_SECONDS")
     log_format: Literal["text", "json"] = Field(default="text", alias="FULLPASS_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="FULLPASS_LOG_LEVEL")
 

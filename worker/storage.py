@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import stat
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -119,26 +121,72 @@ async def fetch_export(
 def _copy_local(
     storage_path: str, bucket: str, object_path: str, settings: Settings, dest_dir: Path
 ) -> FetchedExport:
-    base = settings.resolved_storage_dir.resolve()
-    source = (base / bucket / object_path).resolve()
-    if not source.is_relative_to(base):
-        raise BadInput(f"storage_path {storage_path!r} leads outside the storage directory")
-    if not source.is_file():
-        raise BadInput(f"export file not found: {storage_path}")
     limit = settings.max_download_bytes
-    declared = source.stat().st_size
-    if declared > limit:
-        raise _too_large(storage_path, declared, limit)
-    with source.open("rb") as src, _new_file(dest_dir) as (target, sink):
-        digest = hashlib.sha256()
-        size = 0
-        while block := src.read(COPY_BUFFER):
-            size += len(block)
-            if size > limit:
-                raise _too_large(storage_path, size, limit)
-            digest.update(block)
-            sink.write(block)
+    fd = _open_below(settings.resolved_storage_dir, [bucket, *object_path.split("/")], storage_path)
+    with os.fdopen(fd, "rb") as src:
+        declared = os.fstat(src.fileno()).st_size
+        if declared > limit:
+            raise _too_large(storage_path, declared, limit)
+        with _new_file(dest_dir) as (target, sink):
+            digest = hashlib.sha256()
+            size = 0
+            while block := src.read(COPY_BUFFER):
+                size += len(block)
+                if size > limit:
+                    raise _too_large(storage_path, size, limit)
+                digest.update(block)
+                sink.write(block)
     return FetchedExport(path=target, size=size, sha256=digest.hexdigest(), source="local")
+
+
+def _open_below(root: Path, parts: list[str], storage_path: str) -> int:
+    """Open ``root/parts...`` for reading without following any link below ``root``.
+
+    The path was validated as ``<bucket>/<user>/<file>``, but a link inside
+    the storage directory (``<user>/l.json -> ../<other>/export.json``, or a
+    linked folder) would still lead into another user's files. Each component
+    is opened relative to the previous one with ``O_NOFOLLOW``, so no link is
+    ever followed, not even one swapped in between a check and the open. The
+    storage root itself may be a link (an operator's choice).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(root.resolve(), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except FileNotFoundError:
+        raise BadInput(f"export file not found: {storage_path}") from None
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                nxt = os.open(
+                    part, flags | (0 if last else getattr(os, "O_DIRECTORY", 0)), dir_fd=fd
+                )
+            except FileNotFoundError:
+                raise BadInput(f"export file not found: {storage_path}") from None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK) and _is_link(fd, part):
+                    raise BadInput(
+                        f"storage_path {storage_path!r} goes through a symbolic link ({part!r});"
+                        " links are refused"
+                    ) from None
+                if exc.errno in (errno.ENOTDIR, errno.EISDIR):
+                    raise BadInput(f"export file not found: {storage_path}") from None
+                raise
+            os.close(fd)
+            fd = nxt
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadInput(f"export file not found: {storage_path}")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _is_link(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

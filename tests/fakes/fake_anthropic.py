@@ -57,6 +57,7 @@ FaultKind = Literal[
     "garbage_text",  # 200, a text answer with prose instead of the tool call / MEMORY
     "bad_tool_input",  # 200, the tool call with wrong-typed input
     "text_json",  # 200, the right answer as fenced JSON in a text block (no tool call)
+    "deep_nesting",  # 200, a tool call whose input nests Fault.depth levels deep
 ]
 RequestKind = Literal["extract", "consolidate", "memory", "sections", "other"]
 BatchOutcome = Literal["errored", "expired", "canceled", "garbage_text", "bad_tool_input"]
@@ -87,6 +88,7 @@ class Fault:
     message: str = ""
     only: str | None = None
     content_type: str = "application/json"
+    depth: int = 3000
 
     @classmethod
     def rate_limit(cls, retry_after: float | None = 1.0, **kw: Any) -> Fault:
@@ -590,6 +592,8 @@ class FakeAnthropicServer:
         if self.reject_temperature and "temperature" in body:
             self._error(h, record, 400, "invalid_request_error", _TEMPERATURE_REJECTED)
         fault = self._maybe_http_fault(h, record)
+        if fault is not None and fault.kind == "deep_nesting":
+            self._deep_answer(h, record, body, fault.depth)
         message = self._answer(body, record, fault.kind if fault else None)
         # The latency is the server's whole time to answer, its own work
         # included: a fixed-latency model, whatever the fake's CPU costs.
@@ -641,6 +645,26 @@ class FakeAnthropicServer:
             "stop_sequence": None,
             "usage": usage,
         }
+
+    def _deep_answer(
+        self, h: _Handler, record: RecordedRequest, body: dict[str, Any], depth: int
+    ) -> NoReturn:
+        """A tool call nested ``depth`` levels deep: written by hand (json.dumps would recurse)."""
+        nested = '{"preferences": ' + "[" * depth + "]" * depth + "}"
+        tool = _forced_tool(body) or "record_facts"
+        usage = self._usage(body, [{"type": "text", "text": nested}])
+        record.ok = False
+        record.input_tokens = usage["input_tokens"]
+        record.output_tokens = usage["output_tokens"]
+        record.cache_read_tokens = usage["cache_read_input_tokens"]
+        record.cache_creation_tokens = usage["cache_creation_input_tokens"]
+        raw = (
+            f'{{"id": "msg_fake_{record.index:08d}", "type": "message", "role": "assistant",'
+            f' "model": {json.dumps(body.get("model", ""))}, "content": [{{"type": "tool_use",'
+            f' "id": "toolu_fake_{self._next_id():08d}", "name": "{tool}", "input": {nested}}}],'
+            f' "stop_reason": "tool_use", "stop_sequence": null, "usage": {json.dumps(usage)}}}'
+        )
+        self._send(h, record, 200, None, raw=raw.encode())
 
     def _tool_use(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
         return {

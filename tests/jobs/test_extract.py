@@ -290,3 +290,33 @@ def _distinct_facts(dsn: str, import_id: Any) -> set[tuple[str, str]]:
         for category, items in r["facts"].items()
         for item in items
     }
+
+
+async def test_a_deeply_nested_answer_costs_its_chunk_not_the_import(
+    db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any], fake_anthropic: FakeAnthropicServer
+) -> None:
+    settings = _settings(db_dsn, tmp_path, fake_anthropic)
+    deps = await _deps(settings, pool)
+    # The first call's answer and its corrective retry both nest 3,000 levels deep.
+    fake_anthropic.inject(Fault("deep_nesting", only="extract"), times=2)
+    import_id = submit(settings, USER_A)
+    await drive(deps, db_dsn, import_id, until="extract")
+    stages = query(
+        db_dsn,
+        "select status, input_tokens from import_stages where import_id = %s and stage = 'extract'",
+        (import_id,),
+    )
+    assert stages[0]["status"] == "done"
+    failed = query(
+        db_dsn,
+        "select error, input_tokens, output_tokens from chunk_facts"
+        " where import_id = %s and error is not null",
+        (import_id,),
+    )
+    assert failed and "could not be read" in failed[0]["error"]
+    billed = [c for c in fake_anthropic.calls("extract") if c.fault == "deep_nesting"]
+    assert len(billed) == 2
+    assert failed[0]["input_tokens"] == sum(c.input_tokens for c in billed)
+    assert failed[0]["output_tokens"] == sum(c.output_tokens for c in billed)
+    served = sum(c.input_tokens for c in fake_anthropic.calls("extract"))
+    assert stages[0]["input_tokens"] == served

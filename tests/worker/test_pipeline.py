@@ -157,6 +157,75 @@ async def test_requeue_from_each_stage(
     assert query(db_dsn, "select id from conversation_chunks order by id") == chunk_ids
 
 
+class HandOverProvider(OfflineProvider):
+    """Offline answers; during its first call the stage is claimed by another job."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__()
+        self.dsn = dsn
+        self.calls = 0
+        self.billed = 0
+
+    async def extract_facts(self, item: ExtractionInput) -> LLMResult[Facts]:
+        self.calls += 1
+        if self.calls == 1:
+            # What a second claim does (the sweeper handed the job to another worker).
+            await asyncio.to_thread(
+                query,
+                self.dsn,
+                "update public.import_stages set lease = gen_random_uuid() where stage = 'extract'",
+            )
+        await asyncio.sleep(0.05)
+        result = await super().extract_facts(item)
+        self.billed += result.usage.input_tokens
+        return result
+
+
+async def test_a_job_that_lost_its_lease_stops_and_books_what_it_spent(
+    settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
+) -> None:
+    provider = HandOverProvider(db_dsn)
+    deps = runner.Deps(settings=settings, pool=pool, llm=provider)
+    import_id = submit(settings, USER_A, options='{"concurrency": 3, "pack_tokens": 500}')
+    await drive(deps, db_dsn, import_id, until="extract")
+    # The calls already in flight finished; none started after the hand-over.
+    assert provider.calls <= 3
+    assert query(db_dsn, "select count(*) as n from chunk_facts") == [{"n": 0}]
+    extract = stage_rows(db_dsn, import_id)["extract"]
+    assert extract["status"] == "running" and extract["input_tokens"] == 0
+    row = import_row(db_dsn, import_id)
+    assert row["spent_input_tokens"] == provider.billed > 0
+
+
+async def test_a_requeue_keeps_the_whole_spend_of_the_import(
+    deps: runner.Deps, settings: Settings, db_dsn: str
+) -> None:
+    import_id = submit(settings, USER_A)
+    await drive(deps, db_dsn, import_id)
+    first = import_row(db_dsn, import_id)
+    assert first["input_tokens"] > 0
+    assert (first["spent_input_tokens"], first["spent_output_tokens"]) == (
+        first["input_tokens"],
+        first["output_tokens"],
+    )
+
+    query(db_dsn, "select public.requeue_import(%s, 'extract')", (import_id,))
+    requeued = import_row(db_dsn, import_id)
+    # This generation's figures start again from what the kept stages cost...
+    assert requeued["input_tokens"] == 0
+    # ...while the whole spend of the import never goes back.
+    assert requeued["spent_input_tokens"] == first["spent_input_tokens"]
+
+    await drive(deps, db_dsn, import_id)
+    second = import_row(db_dsn, import_id)
+    assert second["input_tokens"] > 0
+    assert second["spent_input_tokens"] == first["spent_input_tokens"] + second["input_tokens"]
+    assert second["spent_output_tokens"] == first["spent_output_tokens"] + second["output_tokens"]
+    progress = progress_row(db_dsn, import_id)
+    assert progress["spent_input_tokens"] == second["spent_input_tokens"]
+    assert progress["generation"] == 2
+
+
 async def test_requeue_of_a_failed_import_resumes_at_the_failed_stage(
     deps: runner.Deps, settings: Settings, db_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

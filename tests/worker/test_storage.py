@@ -109,8 +109,47 @@ async def test_local_symlink_out_of_the_storage_dir_is_refused(
     link = local_settings.resolved_storage_dir / "b" / USER / "export.zip"
     link.parent.mkdir(parents=True)
     link.symlink_to(secret)
-    with pytest.raises(BadInput, match="outside the storage directory"):
+    with pytest.raises(BadInput, match="symbolic link"):
         await fetch_export(f"b/{USER}/export.zip", USER, local_settings, tmp_path / "work")
+
+
+OTHER = "bbbbbbbb-0000-4000-8000-000000000002"
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["file-link-to-another-user", "dir-link-to-another-user", "user-folder-is-a-link"],
+)
+async def test_links_cannot_reach_another_users_folder(
+    local_settings: Settings, tmp_path: Path, layout: str
+) -> None:
+    root = local_settings.resolved_storage_dir / "user-imports"
+    victim = _put(local_settings, f"user-imports/{OTHER}/export.json", b'[{"title": "B"}]')
+    mine = root / USER
+    if layout == "file-link-to-another-user":
+        mine.mkdir(parents=True)
+        (mine / "l.json").symlink_to(Path("..") / OTHER / "export.json")
+        path = f"user-imports/{USER}/l.json"
+    elif layout == "dir-link-to-another-user":
+        mine.mkdir(parents=True)
+        (mine / "d").symlink_to(victim.parent)
+        path = f"user-imports/{USER}/d/export.json"
+    else:
+        mine.symlink_to(victim.parent)
+        path = f"user-imports/{USER}/export.json"
+    with pytest.raises(BadInput, match="symbolic link"):
+        await fetch_export(path, USER, local_settings, tmp_path / "work")
+    assert not list((tmp_path / "work").glob("*"))
+
+
+async def test_a_storage_root_behind_a_link_is_fine(tmp_path: Path) -> None:
+    real = tmp_path / "real-storage"
+    (real / "b" / USER).mkdir(parents=True)
+    (real / "b" / USER / "export.json").write_bytes(b"[]")
+    (tmp_path / "storage").symlink_to(real)
+    settings = Settings(FULLPASS_STORAGE_DIR=tmp_path / "storage", FULLPASS_HOME=tmp_path / "h")
+    fetched = await fetch_export(f"b/{USER}/export.json", USER, settings, tmp_path / "work")
+    assert fetched.size == 2
 
 
 async def test_local_size_limit_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
 import anthropic
@@ -144,10 +144,43 @@ class _Failure:
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
-    """A 2xx answer: the message, or why the body is not one."""
+    """A 2xx answer: the message, or why the body is not one (and what it cost)."""
 
     message: Message | None
     problem: str = ""
+    usage: Usage = field(default_factory=Usage)
+
+
+_USAGE_OBJECT: Final = re.compile(r'"usage"\s*:\s*(\{[^{}]*\})')
+
+
+def usage_in_text(body: str) -> Usage:
+    """The usage of an answer whose body cannot be decoded whole (too deep, cut short).
+
+    The top-level ``usage`` object is flat, so it is found and decoded on its
+    own: a billed answer is counted even when its content is unusable.
+    """
+    found = _USAGE_OBJECT.findall(body[-4096:]) or _USAGE_OBJECT.findall(body)
+    if not found:
+        return Usage()
+    try:
+        data = json.loads(found[-1])
+    except ValueError:
+        return Usage()
+    if not isinstance(data, dict):
+        return Usage()
+
+    def count(key: str) -> int:
+        value = data.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    return Usage(
+        input_tokens=count("input_tokens"),
+        output_tokens=count("output_tokens"),
+        cache_read_tokens=count("cache_read_input_tokens"),
+        cache_creation_tokens=count("cache_creation_input_tokens"),
+        calls=1,
+    )
 
 
 def _http_client(settings: Settings) -> anthropic.DefaultAioHttpClient:
@@ -392,12 +425,15 @@ class AnthropicProvider:
                 raise LLMError(str(exc), transient=exc.transient, usage=usage + exc.usage) from None
             if answer.message is None:
                 reason = answer.problem
+                usage += answer.usage
             else:
                 usage += usage_of(answer.message)
                 try:
                     value = parse(answer.message)
                 except BadAnswer as exc:
                     reason = str(exc)
+                except Exception as exc:  # too deep, too odd: this answer only is unusable
+                    reason = f"answer could not be read ({type(exc).__name__})"
                 else:
                     return LLMResult(value, usage, answer.message.model or self.model)
             logger.info("unusable answer (attempt %d): %s", attempt + 1, self._safe(reason))
@@ -421,13 +457,19 @@ class AnthropicProvider:
 
             async def call(kwargs: dict[str, Any] = kwargs, sampling: bool = sampling) -> _Answer:
                 try:
-                    message: object = await self._client.messages.create(**kwargs)
-                except json.JSONDecodeError:
-                    return _Answer(None, "response body is not JSON")
+                    raw = await self._client.messages.with_raw_response.create(**kwargs)
                 except anthropic.BadRequestError as exc:
                     if sampling and "temperature" in str(exc.api_message or exc.message):
                         return _Answer(None, _SAMPLING_REJECTED)
                     raise
+                try:
+                    message: object = await raw.parse()
+                except json.JSONDecodeError:
+                    return _Answer(None, "response body is not JSON")
+                except Exception as exc:  # e.g. RecursionError: nested too deep to decode
+                    body = await raw.text()
+                    problem = f"answer could not be read ({type(exc).__name__})"
+                    return _Answer(None, problem, usage_in_text(body))
                 if not isinstance(message, Message):
                     return _Answer(None, "response body is not a message")
                 return _Answer(message)
