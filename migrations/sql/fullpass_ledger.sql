@@ -391,8 +391,9 @@ $$;
 
 -- Takes back everything p_revision recorded: privileges restored first, then
 -- policies, triggers, indexes and constraints (they may depend on columns),
--- row-level security, added columns, and last the tables it created. Only
--- what the ledger holds is dropped.
+-- row-level security, added columns, and last the tables it created (whole:
+-- the revision's other entries on those need no undoing). Only what the
+-- ledger holds is dropped.
 CREATE OR REPLACE FUNCTION public.fullpass_undo(p_revision text)
     RETURNS void
     LANGUAGE plpgsql
@@ -405,21 +406,29 @@ DECLARE
     kind text;
     obj text;
 BEGIN
-    FOR s IN SELECT table_name, grantee, privileges FROM public.fullpass_saved_privileges
-              WHERE revision = p_revision ORDER BY table_name, grantee LOOP
+    FOR s IN SELECT p.table_name, p.grantee, p.privileges FROM public.fullpass_saved_privileges p
+              WHERE p.revision = p_revision
+                AND NOT EXISTS (SELECT 1 FROM public.fullpass_schema_additions t
+                                 WHERE t.revision = p_revision AND t.table_name = p.table_name
+                                   AND t.column_name = '*')
+              ORDER BY p.table_name, p.grantee LOOP
         PERFORM public.fullpass_restore_privileges(s.table_name, s.grantee, s.privileges);
     END LOOP;
 
     FOR a IN
-        SELECT table_name, column_name FROM public.fullpass_schema_additions
-         WHERE revision = p_revision
+        SELECT e.table_name, e.column_name FROM public.fullpass_schema_additions e
+         WHERE e.revision = p_revision
+           AND (e.column_name = '*' OR NOT EXISTS (
+                   SELECT 1 FROM public.fullpass_schema_additions t
+                    WHERE t.revision = p_revision AND t.table_name = e.table_name
+                      AND t.column_name = '*'))
          ORDER BY CASE
-                      WHEN column_name = '*' THEN 7
-                      WHEN column_name NOT LIKE '%:%' THEN 6
+                      WHEN e.column_name = '*' THEN 7
+                      WHEN e.column_name NOT LIKE '%:%' THEN 6
                       ELSE array_position(ARRAY['policy', 'trigger', 'index', 'constraint', 'rls'],
-                                          split_part(column_name, ':', 1))
+                                          split_part(e.column_name, ':', 1))
                   END,
-                  table_name, column_name
+                  e.table_name, e.column_name
     LOOP
         rel := to_regclass(format('public.%I', a.table_name));
         CONTINUE WHEN rel IS NULL;
