@@ -117,6 +117,14 @@ def test_migrations_upgrade_downgrade_upgrade(empty_db_dsn: str) -> None:
         " and relname <> 'alembic_version'",
     )
     assert leftovers == []
+    functions = query(
+        empty_db_dsn,
+        "select p.oid::regprocedure::text as fn from pg_proc p"
+        " where p.pronamespace = 'public'::regnamespace"
+        " and not exists (select 1 from pg_depend d where d.classid = 'pg_proc'::regclass"
+        " and d.objid = p.oid and d.deptype = 'e')",
+    )
+    assert functions == []  # pgvector's, where fullpass installed it, are the extension's
     migrate.upgrade(empty_db_dsn)
     assert migrate.current(empty_db_dsn) == migrate.head()
     insert_import(empty_db_dsn, USER_A, PATH_A)
@@ -171,5 +179,24 @@ def test_migrates_onto_the_apps_older_tables_and_back(empty_db_dsn: str) -> None
         )
     }
     assert cols_after == {"user_id", "soul_md", "soulprint_text", "import_status", "created_at"}
+    # Row-level security is off again, and fullpass's grants, policies and indexes are gone.
+    tables = query(
+        empty_db_dsn,
+        "select relname, relrowsecurity, array(select pg_get_userbyid(a.grantee)"
+        "  from aclexplode(coalesce(relacl, acldefault('r', relowner))) a"
+        "  where a.grantee <> relowner) as grantees"
+        " from pg_class where relname in ('conversation_chunks', 'user_profiles') order by relname",
+    )
+    assert [(t["relname"], t["relrowsecurity"], t["grantees"]) for t in tables] == [
+        ("conversation_chunks", False, []),
+        ("user_profiles", False, []),
+    ]
+    assert query(empty_db_dsn, "select policyname from pg_policies") == []
+    indexes = query(
+        empty_db_dsn,
+        "select indexname from pg_indexes"
+        " where tablename in ('conversation_chunks', 'user_profiles')",
+    )
+    assert {i["indexname"] for i in indexes} == {"conversation_chunks_pkey", "user_profiles_pkey"}
     migrate.upgrade(empty_db_dsn)
     assert migrate.current(empty_db_dsn) == migrate.head()

@@ -66,6 +66,8 @@ PRIVILEGED_CALLS = (
     "select public.fullpass_cancel_jobs(%(id)s)",
     "select public.fullpass_mirror_profile(%(user)s, 'complete', NULL)",
     "select public.fullpass_add_column('imports', 'x', 'text')",
+    "select public.fullpass_grant('user_profiles', 'ALL', 'anon')",
+    "select public.fullpass_undo('0002')",
     "select public.fullpass_lock_down_queue()",
     "select public.procrastinate_defer_jobs_v1(ARRAY[ROW('imports', 'fullpass.download', 0,"
     " NULL, NULL, '{}'::jsonb, NULL)::public.procrastinate_job_to_defer_v1])",

@@ -54,7 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    sub.add_parser("migrate", help="apply database migrations (alembic + procrastinate schema)")
+    m = sub.add_parser("migrate", help="apply database migrations (alembic + procrastinate schema)")
+    m.add_argument(
+        "--downgrade",
+        nargs="?",
+        const="base",
+        default=None,
+        metavar="REVISION",
+        help="downgrade to REVISION instead; without one, to base: remove fullpass entirely",
+    )
 
     w = sub.add_parser("worker", help="run a worker until SIGTERM/SIGINT")
     w.add_argument("--concurrency", type=int, default=None, help="jobs run at once")
@@ -103,8 +111,41 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from worker.db import resolve_dsn
 
     dsn = resolve_dsn(settings)
+    if args.downgrade is not None:
+        return _downgrade(dsn, args.downgrade)
     migrate.upgrade(dsn)
     print(f"database at revision {migrate.current(dsn)}")
+    return 0
+
+
+def _downgrade(dsn: str, target: str) -> int:
+    """Downgrade to ``target`` ("base": nothing of fullpass left), refusing what is not ours.
+
+    A database without fullpass, or at a revision fullpass does not know (an
+    ``alembic_version`` of the app's own, or of a newer fullpass), is left alone:
+    alembic would otherwise fail half-way or run the wrong downgrades.
+    """
+    from worker import migrate
+
+    known = migrate.revisions()
+    current = migrate.current(dsn)
+    if current is None:
+        raise CliError("the database is not at a fullpass revision: nothing to downgrade")
+    if current not in known:
+        raise CliError(
+            f"the database is at revision {current!r}, which is not one of fullpass's"
+            f" ({', '.join(known)}): refusing to downgrade"
+        )
+    if target != "base" and target not in known:
+        raise CliError(f"unknown revision {target!r}: expected base or one of {', '.join(known)}")
+    if target != "base" and known.index(target) > known.index(current):
+        raise CliError(f"revision {target} is newer than {current}: use `fullpass migrate`")
+    migrate.downgrade(dsn, target)
+    reached = migrate.current(dsn)
+    if reached is None:
+        print("database at revision base: fullpass removed")
+    else:
+        print(f"database at revision {reached}")
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 import migrations
 
@@ -56,6 +57,12 @@ def head() -> str:
 
 def downgrade(dsn: str, revision: str) -> None:
     command.downgrade(alembic_config(dsn), revision)
+
+
+def revisions() -> list[str]:
+    """fullpass's revisions, oldest first (the chain is linear)."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
 
 
 def current(dsn: str) -> str | None:

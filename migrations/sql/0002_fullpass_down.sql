@@ -1,7 +1,20 @@
--- Removes what 0002_fullpass_up.sql created. Tables and columns of the app
--- (conversation_chunks, user_profiles) are dropped only where fullpass
--- created them, as recorded in fullpass_schema_additions. The Supabase role
+-- Removes what 0002_fullpass_up.sql created. On the app's tables
+-- (conversation_chunks, user_profiles) only what the ledger holds is taken
+-- back (fullpass_undo, fullpass_ledger.sql, run just before this file): the
+-- columns, fullpass_ policies, indexes and constraints it added, row-level
+-- security if it turned it on, and each role's privileges as they were saved;
+-- the tables themselves only where fullpass created them. The Supabase role
 -- stand-ins and auth.uid() stay: other databases of the cluster may use them.
+--
+-- A database migrated by the first version of 0002 has a ledger of columns,
+-- created tables and the status constraint only. Its policies
+-- (conversation_chunks_select_own, user_profiles_select_own) and indexes
+-- (conversation_chunks_user_idx, user_profiles_user_id_idx; the unique
+-- conversation_chunks_import_chunk_key goes with the import_id column) carry
+-- names an app uses too, and nothing tells fullpass's from the app's: they
+-- are left in place, never dropped by name. Its privilege changes on the app's
+-- tables (anon's revoked, authenticated's and service_role's granted) were not
+-- saved and stay as they are.
 
 DROP VIEW IF EXISTS public.import_progress;
 DROP TRIGGER IF EXISTS imports_after_insert ON public.imports;
@@ -19,39 +32,40 @@ DROP TABLE IF EXISTS public.import_stages;
 DROP TABLE IF EXISTS public.imports;
 DROP FUNCTION IF EXISTS public.fullpass_stages();
 
+SELECT public.fullpass_undo('0002');
 DO $$
 BEGIN
-    IF to_regclass('public.conversation_chunks') IS NOT NULL THEN
-        DROP POLICY IF EXISTS conversation_chunks_select_own ON public.conversation_chunks;
-    END IF;
-    IF to_regclass('public.user_profiles') IS NOT NULL THEN
-        DROP POLICY IF EXISTS user_profiles_select_own ON public.user_profiles;
+    -- A later revision's changes still recorded here would be lost with the
+    -- ledger: its downgrade must run first.
+    IF EXISTS (SELECT 1 FROM public.fullpass_schema_additions)
+       OR EXISTS (SELECT 1 FROM public.fullpass_saved_privileges) THEN
+        RAISE EXCEPTION 'fullpass_schema_additions still records changes of revisions %',
+            (SELECT string_agg(DISTINCT revision, ', ') FROM (
+                 SELECT revision FROM public.fullpass_schema_additions
+                 UNION SELECT revision FROM public.fullpass_saved_privileges) r);
     END IF;
 END
 $$;
 
-DO $$
-DECLARE
-    a record;
-BEGIN
-    FOR a IN SELECT table_name, column_name FROM public.fullpass_schema_additions
-              ORDER BY column_name = '*' LOOP
-        IF a.column_name = '*' THEN
-            EXECUTE format('DROP TABLE IF EXISTS public.%I', a.table_name);
-        ELSIF a.column_name LIKE 'constraint:%' THEN
-            IF to_regclass('public.' || a.table_name) IS NOT NULL THEN
-                EXECUTE format('ALTER TABLE public.%I DROP CONSTRAINT IF EXISTS %I',
-                               a.table_name, substr(a.column_name, 12));
-            END IF;
-        ELSIF to_regclass('public.' || a.table_name) IS NOT NULL THEN
-            EXECUTE format('ALTER TABLE public.%I DROP COLUMN IF EXISTS %I',
-                           a.table_name, a.column_name);
-        END IF;
-    END LOOP;
-END
-$$;
-DROP INDEX IF EXISTS public.conversation_chunks_import_chunk_key;
-DROP INDEX IF EXISTS public.conversation_chunks_user_idx;
-DROP INDEX IF EXISTS public.user_profiles_user_id_idx;
+DROP FUNCTION IF EXISTS public.fullpass_undo(text);
+DROP FUNCTION IF EXISTS public.fullpass_restore_privileges(text, text, jsonb);
+DROP FUNCTION IF EXISTS public.fullpass_revoke(text, text, text);
+DROP FUNCTION IF EXISTS public.fullpass_grant(text, text, text);
+DROP FUNCTION IF EXISTS public.fullpass_save_privileges(text, text);
+DROP FUNCTION IF EXISTS public.fullpass_privileges(text, text);
+DROP FUNCTION IF EXISTS public.fullpass_grantee(text);
+DROP FUNCTION IF EXISTS public.fullpass_enable_rls(text);
+DROP FUNCTION IF EXISTS public.fullpass_create_trigger(text, text, text, text);
+DROP FUNCTION IF EXISTS public.fullpass_add_constraint(text, text, text);
+DROP FUNCTION IF EXISTS public.fullpass_create_index(text, text, text, boolean);
+DROP FUNCTION IF EXISTS public.fullpass_create_policy(text, text, text);
 DROP FUNCTION IF EXISTS public.fullpass_add_column(text, text, text);
+DROP FUNCTION IF EXISTS public.fullpass_create_table(text, text);
+DROP FUNCTION IF EXISTS public.fullpass_table(text);
+DROP FUNCTION IF EXISTS public.fullpass_note_existing(text, text);
+DROP FUNCTION IF EXISTS public.fullpass_check_name(text);
+DROP FUNCTION IF EXISTS public.fullpass_recorded(text, text);
+DROP FUNCTION IF EXISTS public.fullpass_record(text, text);
+DROP FUNCTION IF EXISTS public.fullpass_revision();
+DROP TABLE IF EXISTS public.fullpass_saved_privileges;
 DROP TABLE IF EXISTS public.fullpass_schema_additions;

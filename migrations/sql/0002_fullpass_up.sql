@@ -3,9 +3,11 @@
 -- Written to run on a plain PostgreSQL (15+) as well as on Supabase: the
 -- Supabase roles and auth.uid() are created only where they are missing, and
 -- the app's own tables (conversation_chunks, user_profiles) are created when
--- absent or completed with the missing columns when present. Every column
--- fullpass adds to a table it did not create is recorded in
--- fullpass_schema_additions so that the downgrade removes exactly those.
+-- absent or completed with the missing columns when present. Everything done
+-- to the app's tables goes through the helpers of fullpass_ledger.sql (run
+-- just before this file): every column, policy, index and constraint added and
+-- every privilege changed is recorded, policies, indexes and constraints are
+-- named fullpass_..., and the downgrade takes back exactly that.
 
 -- Supabase roles (stand-ins on plain PostgreSQL) ---------------------------
 DO $$
@@ -48,33 +50,10 @@ END
 $$;
 GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
 
--- Bookkeeping of what fullpass added to pre-existing tables ----------------
-CREATE TABLE public.fullpass_schema_additions (
-    table_name text NOT NULL,
-    column_name text NOT NULL,  -- '*' when fullpass created the whole table
-    PRIMARY KEY (table_name, column_name)
-);
-
 -- Every function pins its search_path with pg_temp named last: left out, the
 -- session's temporary schema is searched *first* for tables and types, and a
 -- caller's temporary table could stand in for one a security-definer function
 -- (or the unqualified SQL of procrastinate's functions it calls) writes to.
-CREATE FUNCTION public.fullpass_add_column(p_table text, p_column text, p_definition text)
-    RETURNS void
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, public, pg_temp
-AS $$
-BEGIN
-    IF NOT EXISTS (
-        SELECT 1 FROM information_schema.columns
-         WHERE table_schema = 'public' AND table_name = p_table AND column_name = p_column
-    ) THEN
-        EXECUTE format('ALTER TABLE public.%I ADD COLUMN %I %s', p_table, p_column, p_definition);
-        INSERT INTO public.fullpass_schema_additions VALUES (p_table, p_column)
-            ON CONFLICT DO NOTHING;
-    END IF;
-END
-$$;
 
 -- The stage list: the one place SQL learns the pipeline's order and weights.
 -- worker/stages.py holds the same list; a test keeps the two in step.
@@ -158,19 +137,8 @@ CREATE TABLE public.chunk_facts (
 CREATE INDEX chunk_facts_user_idx ON public.chunk_facts (user_id);
 
 -- conversation_chunks: the app's table, created or completed ---------------
-DO $$
-BEGIN
-    IF to_regclass('public.conversation_chunks') IS NULL THEN
-        CREATE TABLE public.conversation_chunks (
-            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-            user_id uuid NOT NULL
-        );
-        -- Only what is granted below (a platform's default privileges may grant ALL).
-        REVOKE ALL ON public.conversation_chunks FROM PUBLIC, anon, authenticated;
-        INSERT INTO public.fullpass_schema_additions VALUES ('conversation_chunks', '*');
-    END IF;
-END
-$$;
+SELECT public.fullpass_create_table('conversation_chunks',
+                                    'id uuid PRIMARY KEY DEFAULT gen_random_uuid(), user_id uuid NOT NULL');
 SELECT public.fullpass_add_column('conversation_chunks', 'id', 'uuid DEFAULT gen_random_uuid()');
 SELECT public.fullpass_add_column('conversation_chunks', 'user_id', 'uuid');
 SELECT public.fullpass_add_column('conversation_chunks', 'import_id', 'uuid');
@@ -186,6 +154,8 @@ SELECT public.fullpass_add_column('conversation_chunks', 'is_recent', 'boolean D
 SELECT public.fullpass_add_column('conversation_chunks', 'created_at', 'timestamptz DEFAULT now()');
 SELECT public.fullpass_add_column('conversation_chunks', 'content_hash', 'text');
 DO $$
+DECLARE
+    vector_schema name;
 BEGIN
     -- Embeddings are backfilled later; the column exists only where pgvector does.
     BEGIN
@@ -193,29 +163,26 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
         RAISE NOTICE 'pgvector is not available: conversation_chunks.embedding not created';
     END;
-    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector') THEN
-        PERFORM public.fullpass_add_column('conversation_chunks', 'embedding', 'vector(1536)');
+    -- Supabase keeps extensions in their own schema, not always on the search_path.
+    SELECT n.nspname INTO vector_schema
+      FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+     WHERE e.extname = 'vector';
+    IF vector_schema IS NOT NULL THEN
+        PERFORM public.fullpass_add_column('conversation_chunks', 'embedding',
+                                           format('%I.vector(1536)', vector_schema));
     END IF;
 END
 $$;
-CREATE UNIQUE INDEX IF NOT EXISTS conversation_chunks_import_chunk_key
-    ON public.conversation_chunks (import_id, conversation_id, chunk_tier, chunk_index);
-CREATE INDEX IF NOT EXISTS conversation_chunks_user_idx ON public.conversation_chunks (user_id);
+SELECT public.fullpass_create_index('conversation_chunks',
+                                    'fullpass_conversation_chunks_import_chunk_key',
+                                    '(import_id, conversation_id, chunk_tier, chunk_index)',
+                                    p_unique => true);
+SELECT public.fullpass_create_index('conversation_chunks', 'fullpass_conversation_chunks_user_idx',
+                                    '(user_id)');
 
 -- user_profiles: the app's table, created or completed ---------------------
-DO $$
-BEGIN
-    IF to_regclass('public.user_profiles') IS NULL THEN
-        CREATE TABLE public.user_profiles (
-            user_id uuid PRIMARY KEY,
-            created_at timestamptz NOT NULL DEFAULT now()
-        );
-        -- Only what is granted below (a platform's default privileges may grant ALL).
-        REVOKE ALL ON public.user_profiles FROM PUBLIC, anon, authenticated;
-        INSERT INTO public.fullpass_schema_additions VALUES ('user_profiles', '*');
-    END IF;
-END
-$$;
+SELECT public.fullpass_create_table('user_profiles',
+                                    'user_id uuid PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now()');
 SELECT public.fullpass_add_column('user_profiles', 'user_id', 'uuid');
 SELECT public.fullpass_add_column('user_profiles', 'soul_md', 'text');
 SELECT public.fullpass_add_column('user_profiles', 'identity_md', 'text');
@@ -230,21 +197,9 @@ SELECT public.fullpass_add_column('user_profiles', 'full_pass_started_at', 'time
 SELECT public.fullpass_add_column('user_profiles', 'full_pass_completed_at', 'timestamptz');
 SELECT public.fullpass_add_column('user_profiles', 'full_pass_error', 'text');
 SELECT public.fullpass_add_column('user_profiles', 'updated_at', 'timestamptz DEFAULT now()');
-DO $$
-BEGIN
-    IF NOT EXISTS (
-        SELECT 1 FROM pg_constraint
-         WHERE conrelid = 'public.user_profiles'::regclass
-           AND conname = 'user_profiles_full_pass_status_check'
-    ) THEN
-        ALTER TABLE public.user_profiles ADD CONSTRAINT user_profiles_full_pass_status_check
-            CHECK (full_pass_status IN ('pending', 'processing', 'complete', 'failed'));
-        INSERT INTO public.fullpass_schema_additions
-            VALUES ('user_profiles', 'constraint:user_profiles_full_pass_status_check');
-    END IF;
-END
-$$;
-CREATE INDEX IF NOT EXISTS user_profiles_user_id_idx ON public.user_profiles (user_id);
+SELECT public.fullpass_add_constraint('user_profiles', 'fullpass_user_profiles_full_pass_status_check',
+    $d$CHECK (full_pass_status IN ('pending', 'processing', 'complete', 'failed'))$d$);
+SELECT public.fullpass_create_index('user_profiles', 'fullpass_user_profiles_user_id_idx', '(user_id)');
 
 -- Deferring jobs ----------------------------------------------------------
 -- The one wrapper around procrastinate's versioned SQL API. Its name changes
@@ -529,21 +484,23 @@ SELECT i.id AS import_id,
 ALTER TABLE public.imports ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.import_stages ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.chunk_facts ENABLE ROW LEVEL SECURITY;
-ALTER TABLE public.conversation_chunks ENABLE ROW LEVEL SECURITY;
-ALTER TABLE public.user_profiles ENABLE ROW LEVEL SECURITY;
-ALTER TABLE public.fullpass_schema_additions ENABLE ROW LEVEL SECURITY;
+SELECT public.fullpass_enable_rls('conversation_chunks');
+SELECT public.fullpass_enable_rls('user_profiles');
 
-REVOKE ALL ON public.imports, public.import_stages, public.chunk_facts,
-              public.import_progress, public.fullpass_schema_additions
+REVOKE ALL ON public.imports, public.import_stages, public.chunk_facts, public.import_progress
     FROM PUBLIC, anon, authenticated;
 GRANT SELECT ON public.imports, public.import_stages, public.chunk_facts, public.import_progress
     TO authenticated;
 -- Users choose only who and what; the triggers set everything else.
 GRANT INSERT (user_id, storage_path, options) ON public.imports TO authenticated;
-GRANT ALL ON public.imports, public.import_stages, public.chunk_facts, public.import_progress,
-             public.conversation_chunks, public.user_profiles
+GRANT ALL ON public.imports, public.import_stages, public.chunk_facts, public.import_progress
     TO service_role;
-REVOKE ALL ON public.conversation_chunks, public.user_profiles FROM anon;
+-- The app's tables: each role's privileges are saved before they change, and
+-- restored by the downgrade.
+SELECT public.fullpass_grant(t, 'ALL', 'service_role'),
+       public.fullpass_revoke(t, 'ALL', 'anon'),
+       public.fullpass_grant(t, 'SELECT', 'authenticated')
+  FROM unnest(ARRAY['conversation_chunks', 'user_profiles']) AS t;
 
 CREATE POLICY imports_select_own ON public.imports
     FOR SELECT TO authenticated USING (user_id = auth.uid());
@@ -563,21 +520,12 @@ CREATE POLICY import_stages_select_own ON public.import_stages
                     WHERE i.id = import_id AND i.user_id = auth.uid()));
 CREATE POLICY chunk_facts_select_own ON public.chunk_facts
     FOR SELECT TO authenticated USING (user_id = auth.uid());
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = 'public.conversation_chunks'::regclass
-                                             AND polname = 'conversation_chunks_select_own') THEN
-        CREATE POLICY conversation_chunks_select_own ON public.conversation_chunks
-            FOR SELECT TO authenticated USING (user_id = auth.uid());
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = 'public.user_profiles'::regclass
-                                             AND polname = 'user_profiles_select_own') THEN
-        CREATE POLICY user_profiles_select_own ON public.user_profiles
-            FOR SELECT TO authenticated USING (user_id = auth.uid());
-    END IF;
-END
-$$;
-GRANT SELECT ON public.conversation_chunks, public.user_profiles TO authenticated;
+-- Alongside whatever policies the app has: permissive policies add up, and
+-- these let a user read no more than their own rows.
+SELECT public.fullpass_create_policy('conversation_chunks', 'fullpass_conversation_chunks_select_own',
+                                     'FOR SELECT TO authenticated USING (user_id = auth.uid())');
+SELECT public.fullpass_create_policy('user_profiles', 'fullpass_user_profiles_select_own',
+                                     'FOR SELECT TO authenticated USING (user_id = auth.uid())');
 
 DO $$
 BEGIN
@@ -592,7 +540,6 @@ REVOKE ALL ON FUNCTION public.requeue_import(uuid, text), public.cancel_import(u
                        public.fullpass_defer(uuid, text, int, timestamptz),
                        public.fullpass_cancel_jobs(uuid),
                        public.fullpass_mirror_profile(uuid, text, text),
-                       public.fullpass_add_column(text, text, text),
                        public.imports_before_insert(), public.imports_after_insert()
     FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.requeue_import(uuid, text), public.cancel_import(uuid)

@@ -84,6 +84,32 @@ def test_submit_status_requeue_cancel(
     assert code == 1 and "no such file" in err
 
 
+def test_migrate_downgrade_steps_down_and_refuses_what_is_not_fullpass(
+    env: dict[str, str], db_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "migrate", "--downgrade", "0002x")
+    assert code == 1 and "unknown revision '0002x'" in err
+    code, out, _ = run(capsys, "migrate", "--downgrade", "0001")
+    assert (code, out.strip()) == (0, "database at revision 0001")
+    assert query(db_dsn, "select to_regclass('public.imports') as t") == [{"t": None}]
+    code, _, err = run(capsys, "migrate", "--downgrade", "0002")
+    assert code == 1 and "newer than 0001" in err
+    code, out, _ = run(capsys, "migrate", "--downgrade")
+    assert (code, out.strip()) == (0, "database at revision base: fullpass removed")
+    code, _, err = run(capsys, "migrate", "--downgrade")
+    assert code == 1 and "not at a fullpass revision" in err
+
+    # another alembic history (the app's own, say) in the same version table is left alone
+    query(db_dsn, "insert into alembic_version values ('c0ffee')")
+    code, _, err = run(capsys, "migrate", "--downgrade")
+    assert code == 1 and "revision 'c0ffee', which is not one of fullpass's" in err
+    assert query(db_dsn, "select version_num from alembic_version") == [{"version_num": "c0ffee"}]
+    query(db_dsn, "delete from alembic_version")
+
+    code, out, _ = run(capsys, "migrate")
+    assert (code, out.strip()) == (0, "database at revision 0002")
+
+
 def test_inspect_prints_stats_and_jsonl(
     env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
