@@ -7,7 +7,7 @@ Create Date: 2026-12-03
 
 from __future__ import annotations
 
-from migrations.sqlfiles import execute_file
+from migrations.sqlfiles import LEDGER, execute_file
 
 revision = "0003"
 down_revision = "0002"
@@ -16,7 +16,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    execute_file("0003_hardening_up.sql")
+    execute_file(LEDGER)
+    execute_file("0003_hardening_up.sql", revision=revision)
 
 
 def downgrade() -> None:

@@ -59,7 +59,8 @@ async def test_resume_after_interruption_never_pays_twice_for_a_chunk(
 ) -> None:
     settings = _settings(db_dsn, tmp_path, fake_anthropic, FULLPASS_CONCURRENCY=4)
     deps = await _deps(settings, pool)
-    import_id = submit(settings, USER_A)
+    # Small packs: many calls, so the interruption lands mid-map.
+    import_id = submit(settings, USER_A, options='{"pack_tokens": 600}')
     await drive(deps, db_dsn, import_id, until="chunk")
     total = import_row(db_dsn, import_id)["chunk_count"]
 
