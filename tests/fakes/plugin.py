@@ -9,7 +9,7 @@ embeddings runtime, OpenAI's embeddings API.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -22,6 +22,8 @@ from worker.settings import Settings
 
 _open: list[AnthropicProvider] = []
 _open_embedders: list[Embedder] = []
+
+E = TypeVar("E", bound=Embedder)
 
 
 def anthropic_provider(settings: Settings, **kw: Any) -> AnthropicProvider:
@@ -52,7 +54,7 @@ def fake_anthropic(fake_anthropic_server: FakeAnthropicServer) -> Iterator[FakeA
     fake_anthropic_server.reset()
 
 
-def closing(embedder: Embedder) -> Embedder:
+def closing(embedder: E) -> E:
     """``embedder``, closed when the test ends (its connections and threads with it)."""
     _open_embedders.append(embedder)
     return embedder
