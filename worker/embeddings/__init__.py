@@ -22,7 +22,9 @@ def make_embedder(settings: EmbeddingSettings, **knobs: Any) -> Embedder | None:
 
     Nothing is loaded or called yet (the local model loads on first use);
     a Bedrock provider without a region or credentials raises
-    :class:`NeedsOperator`. ``knobs`` go to the provider (tests' backoff).
+    :class:`NeedsOperator`. ``knobs`` go to the network providers (the
+    backoff knobs of :class:`~worker.embeddings.remote.RemoteEmbedder`, for
+    tests); the local one, which has no retries, takes only ``threads``.
     Providers are imported here so that a worker without Bedrock never
     imports boto3.
     """
@@ -39,7 +41,7 @@ def make_embedder(settings: EmbeddingSettings, **knobs: Any) -> Embedder | None:
         return OpenAIEmbedder(settings, **knobs)
     from worker.embeddings.local import LocalEmbedder
 
-    return LocalEmbedder(settings, **knobs)
+    return LocalEmbedder(settings, threads=int(knobs.get("threads", 1)))
 
 
 def expected_dimension(settings: EmbeddingSettings) -> int:

@@ -6,6 +6,8 @@ it talks to:
 
 * every text is cut to the provider's ``max_input_chars`` before it is sent:
   an over-long chunk is embedded by its beginning, it never fails an import;
+  lone surrogates (left by broken exports) become U+FFFD, since neither JSON
+  bodies in UTF-8 nor tokenizers can carry them;
 * an empty or whitespace-only text is not sent at all and gets the zero
   vector (``dimension`` zeros): it has no meaning to embed, costs nothing,
   and a zero vector never matches a query (pgvector's cosine distance to it
@@ -89,8 +91,17 @@ def is_blank(text: str) -> bool:
 
 
 def bound(text: str, max_chars: int) -> str:
-    """``text`` cut to ``max_chars`` characters (code points), never failing."""
-    return text if len(text) <= max_chars else text[:max_chars]
+    """``text`` cut to ``max_chars`` characters (code points), encodable as UTF-8.
+
+    Never fails: this is what lets any chunk, however long or broken, be sent.
+    """
+    text = text if len(text) <= max_chars else text[:max_chars]
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Paired surrogates become their character, lone ones U+FFFD.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def zero_vector(dimension: int) -> list[float]:

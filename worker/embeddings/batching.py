@@ -87,6 +87,8 @@ class BatchingEmbedder(ABC):
     # ------------------------------------------------------------------ internals
 
     async def _embed(self, texts: Sequence[str], kind: InputKind) -> Embedded:
+        if isinstance(texts, str):  # a str is a Sequence[str]: one vector per character
+            raise TypeError("embed_documents takes a sequence of texts, not a string")
         bounded = [bound(text, self.max_input_chars) for text in texts]
         live = [position for position, text in enumerate(bounded) if not is_blank(text)]
         vectors = [zero_vector(self.dimension) for _ in bounded]

@@ -111,6 +111,14 @@ async def test_blank_texts_are_not_sent_and_get_zero_vectors(
     assert len(fake_bedrock.requests) == 1
 
 
+async def test_broken_unicode_is_sent_as_valid_utf8(
+    bedrock_embedder: Build, fake_bedrock: FakeBedrockServer
+) -> None:
+    result = await bedrock_embedder().embed_documents(["caf\ud800 au lait", "ok"])
+    assert len(result.vectors) == 2
+    assert fake_bedrock.requests[0].texts[0] == "caf\ufffd au lait"
+
+
 async def test_cohere_answer_by_embedding_type_is_accepted(
     bedrock_embedder: Build, fake_bedrock: FakeBedrockServer
 ) -> None:

@@ -204,3 +204,19 @@ async def test_model_is_loaded_lazily(unloaded: list[WordLlamaModel]) -> None:
     await embedder.embed_query("now it loads")
     await embedder.embed_query("and only once")
     assert len(unloaded) == 1
+
+
+async def test_broken_unicode_and_empty_input(embedder: LocalEmbedder) -> None:
+    """A lone surrogate (a broken export) is replaced, never an error."""
+    result = await embedder.embed_documents(["caf\ud800 au lait", "caf\ufffd au lait"])
+    assert result.vectors[0] == result.vectors[1]
+    empty = await embedder.embed_documents([])
+    assert (empty.vectors, empty.usage.calls) == ([], 0)
+    with pytest.raises(TypeError, match="not a string"):
+        await embedder.embed_documents("one text")
+
+
+async def test_make_embedder_takes_the_same_knobs_for_every_provider() -> None:
+    built = make_embedder(EmbeddingSettings(), backoff_base=0.001, threads=2)
+    assert isinstance(built, LocalEmbedder) and built.concurrency == 2
+    await built.aclose()

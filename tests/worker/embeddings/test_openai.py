@@ -117,6 +117,14 @@ async def test_long_and_blank_texts(
     assert [len(t) for t in fake_openai_embeddings.requests[0].texts] == [30_000, 5]
 
 
+async def test_broken_unicode_is_sent_as_valid_utf8(
+    openai_embedder: Build, fake_openai_embeddings: FakeOpenAIEmbeddingsServer
+) -> None:
+    result = await openai_embedder().embed_documents(["caf\ud800 au lait", "ok"])
+    assert len(result.vectors) == 2
+    assert fake_openai_embeddings.requests[0].texts[0] == "caf\ufffd au lait"
+
+
 async def test_dense_text_over_the_token_limit_is_isolated_and_halved(
     openai_embedder: Build, fake_openai_embeddings: FakeOpenAIEmbeddingsServer
 ) -> None:
