@@ -1,10 +1,12 @@
 """The default embeddings: WordLlama ``l2_supercat`` at 256 dimensions, in process.
 
 WordLlama is a table of token embeddings (distilled from large language
-models) averaged over a text's tokens: no network, no GPU, ~3,000 chunks of
-2,000 characters a second on one core. The ``wordllama`` wheel ships the
-weights (``weights/l2_supercat_256.safetensors``, 16 MB) and the tokenizer
-(``tokenizers/l2_supercat_tokenizer_config.json``) inside the package.
+models) averaged over a text's tokens: no network, no GPU, ~2,700 chunks of
+2,000 characters (~450 tokens) a second on one core, tokenizing being most
+of it (the tokenizer spreads a batch over the cores it finds). The
+``wordllama`` wheel ships the weights (``weights/l2_supercat_256.safetensors``,
+16 MB) and the tokenizer (``tokenizers/l2_supercat_tokenizer_config.json``)
+inside the package.
 
 The files are loaded here directly rather than with ``WordLlama.load()``:
 that looks for the tokenizer under ``tokenizer/`` while the wheel has it
@@ -12,8 +14,8 @@ under ``tokenizers/``, so it would try to download it from a model hub; and
 importing the ``wordllama`` package calls ``logging.basicConfig``, which
 would change the process's logging. Only the package's location is looked
 up, without importing it. The pooling is WordLlama's own (the mean of the
-token vectors, then unit length), without its padding to the longest text
-of a batch, which costs twice the time on chunks of mixed length.
+token vectors, then unit length) without its padding of a batch to its
+longest text and its masked sum, which together run at half this speed.
 
 The model is loaded once per process, lazily and under a lock, in the
 thread that first needs it (~0.3 s); embedding runs in this provider's
