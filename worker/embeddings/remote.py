@@ -122,7 +122,12 @@ class RemoteEmbedder(BatchingEmbedder):
         """Split a request the service found too long, or halve its one text."""
         if len(texts) > 1:
             middle = len(texts) // 2
-            logger.info("%s: %s; splitting %d texts in two", self.label, failure, len(texts))
+            logger.info(
+                "%s: %s; splitting %d texts in two",
+                self.label,
+                self._safe(str(failure)),
+                len(texts),
+            )
             halves = await gather_all(
                 self._embed_group(part, kind) for part in (texts[:middle], texts[middle:])
             )
@@ -132,7 +137,10 @@ class RemoteEmbedder(BatchingEmbedder):
         if len(text) <= MIN_SHRINK_CHARS:
             raise self._error(RequestFailed("input", failure.message), attempts=1) from None
         logger.info(
-            "%s: %s; retrying with the first %d characters", self.label, failure, len(text) // 2
+            "%s: %s; retrying with the first %d characters",
+            self.label,
+            self._safe(str(failure)),
+            len(text) // 2,
         )
         return await self._embed_group([text[: len(text) // 2]], kind)
 

@@ -276,6 +276,7 @@ async def test_missing_key_needs_an_operator(
         (Fault.error(400, "invalid_request_error", "input rejected for {secret}"), Unusable),
         (Fault.error(502, "server_error", "upstream said {secret}"), Transient),
         (Fault("throttle", retry_after=0.001, message="slow down {secret}"), Transient),
+        (Fault.error(400, "invalid_request_error", "input too long for {secret}"), Unusable),
     ],
 )
 async def test_api_key_never_appears_in_errors_or_logs(
