@@ -135,12 +135,14 @@ def _check_vector(vector: object, dimension: int, where: str) -> list[float]:
         raise Unusable(f"{where} is not a list of numbers")
     if len(vector) != dimension:
         raise Unusable(f"{where} has {len(vector)} dimensions, expected {dimension}")
-    if not all(type(x) is float or type(x) is int for x in vector):
-        raise Unusable(f"{where} holds values that are not numbers")
+    if not all(type(x) is float for x in vector):  # the usual case needs no copy
+        if not all(type(x) is float or type(x) is int for x in vector):
+            raise Unusable(f"{where} holds values that are not numbers")
+        vector = [float(x) for x in vector]
     # One sum finds any NaN or infinity: either makes the total non-finite.
     if not math.isfinite(math.fsum(vector)):
         raise Unusable(f"{where} holds NaN or infinite values")
-    return [float(x) for x in vector]
+    return vector
 
 
 def decode_base64_floats(value: str, where: str) -> list[float]:

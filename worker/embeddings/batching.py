@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Iterable, Sequence
+from functools import partial
 from typing import TypeVar
 
 from worker.embeddings.base import (
@@ -26,6 +27,11 @@ from worker.embeddings.base import (
 )
 
 T = TypeVar("T")
+
+#: Answers with more numbers than this are checked in a thread: checking
+#: 256 vectors of 1536 floats holds the interpreter for tens of milliseconds,
+#: which the event loop (heartbeats, other requests) should not wait out.
+CHECK_IN_THREAD_ABOVE = 100_000
 
 #: One request's result: its vectors (as answered, not yet checked) and what it cost.
 GroupResult = tuple[object, EmbedUsage]
@@ -106,10 +112,12 @@ class BatchingEmbedder(ABC):
         self, texts: list[str], kind: InputKind
     ) -> tuple[list[list[float]], EmbedUsage]:
         raw, usage = await self._embed_group(texts, kind)
-        vectors = check_vectors(
-            raw, expected=len(texts), dimension=self.dimension, source=self.label
+        check = partial(
+            check_vectors, raw, expected=len(texts), dimension=self.dimension, source=self.label
         )
-        return vectors, usage
+        if len(texts) * self.dimension > CHECK_IN_THREAD_ABOVE:
+            return await asyncio.to_thread(check), usage
+        return check(), usage
 
 
 async def gather_all(calls: Iterable[Awaitable[T]]) -> list[T]:

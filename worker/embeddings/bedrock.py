@@ -132,8 +132,7 @@ class BedrockEmbedder(RemoteEmbedder):
     async def _request(self, texts: list[str], kind: InputKind) -> GroupResult:
         body = json.dumps(self._body(texts, kind), ensure_ascii=False).encode()
         loop = asyncio.get_running_loop()
-        payload, headers = await loop.run_in_executor(self._executor, self._invoke, body)
-        return self._parse(payload, headers)
+        return await loop.run_in_executor(self._executor, self._invoke, body)
 
     def _body(self, texts: list[str], kind: InputKind) -> dict[str, Any]:
         if self.family == "titan":
@@ -141,8 +140,8 @@ class BedrockEmbedder(RemoteEmbedder):
         input_type = "search_query" if kind == "query" else "search_document"
         return {"texts": texts, "input_type": input_type, "truncate": "END"}
 
-    def _invoke(self, body: bytes) -> tuple[bytes, dict[str, str]]:
-        """The blocking call, in a pool thread: the answer's bytes and headers."""
+    def _invoke(self, body: bytes) -> GroupResult:
+        """The blocking call and the parsing of its answer (megabytes of JSON), in a pool thread."""
         try:
             response = self._client.invoke_model(
                 modelId=self.model,
@@ -156,7 +155,7 @@ class BedrockEmbedder(RemoteEmbedder):
         except BotoCoreError as exc:
             raise _botocore_failure(exc) from None
         headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        return payload, {k.lower(): v for k, v in headers.items()}
+        return self._parse(payload, {k.lower(): v for k, v in headers.items()})
 
     def _parse(self, payload: bytes, headers: dict[str, str]) -> GroupResult:
         try:

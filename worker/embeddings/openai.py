@@ -13,6 +13,8 @@ whole request even for dense text.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from typing import Any, Final
 
@@ -35,6 +37,9 @@ _TOO_LONG: Final = re.compile(
     r"|must have less than \d+ tokens|max(imum)? \d* ?tokens|exceeds? .*tokens",
     re.IGNORECASE,
 )
+#: Answers longer than this are parsed in a thread: 256 vectors of 1536
+#: floats are 8 MB of JSON, ~0.1 s of parsing the event loop should not wait.
+PARSE_IN_THREAD_ABOVE: Final = 256 * 1024
 #: 429s that waiting will not cure: the account is out of credit.
 _QUOTA: Final = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 
@@ -101,11 +106,13 @@ class OpenAIEmbedder(RemoteEmbedder):
             ) from None
         if response.status_code >= 300:
             raise _status_failure(response)
-        return self._parse(response)
+        if len(response.content) > PARSE_IN_THREAD_ABOVE:
+            return await asyncio.to_thread(self._parse, response.content)
+        return self._parse(response.content)
 
-    def _parse(self, response: httpx.Response) -> GroupResult:
+    def _parse(self, content: bytes) -> GroupResult:
         try:
-            data = response.json()
+            data = json.loads(content)
         except ValueError:
             raise Unusable(self._safe(f"{self.label}: the answer is not JSON")) from None
         items = data.get("data") if isinstance(data, dict) else None

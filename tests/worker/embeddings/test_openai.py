@@ -109,6 +109,18 @@ async def test_batches_split_and_bounded_in_flight(
     assert fake_openai_embeddings.max_in_flight <= 2
 
 
+async def test_large_answers_parsed_and_checked_off_the_event_loop(
+    openai_embedder: Build, fake_openai_embeddings: FakeOpenAIEmbeddingsServer
+) -> None:
+    texts = [f"chunk {i} of a long conversation about topic {i % 13}" for i in range(120)]
+    fake_openai_embeddings.inject("wrong_dimension")
+    embedder = openai_embedder()
+    with pytest.raises(Unusable, match="1535 dimensions"):
+        await embedder.embed_documents(texts)
+    result = await embedder.embed_documents(texts)
+    assert result.vectors == [lexical_vector(t, 1536) for t in texts]
+
+
 async def test_long_and_blank_texts(
     openai_embedder: Build, fake_openai_embeddings: FakeOpenAIEmbeddingsServer
 ) -> None:
