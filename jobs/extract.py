@@ -35,21 +35,12 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from jobs.context import StageContext, StageResult
+from jobs.domain.facts import Facts, Item, text_of
 from jobs.errors import TransientError
 from worker import queries
 from worker.errors import StaleJob
 from worker.llm import offline
-from worker.llm.base import (
-    BatchProvider,
-    DateFact,
-    Decision,
-    ExtractionInput,
-    Facts,
-    LLMError,
-    LLMResult,
-    Project,
-    Usage,
-)
+from worker.llm.base import BatchProvider, ExtractionInput, LLMError, LLMResult, Usage
 from worker.redact import error_text
 
 logger = logging.getLogger("fullpass.extract")
@@ -468,41 +459,13 @@ def with_direct_facts(facts: Facts, transcript: str) -> Facts:
     direct = direct_facts(transcript)
     if not direct.count():
         return facts
-    known = [_stems(text) for text in _texts(facts)]
+    known = [_stems(text_of(item)) for _, item in facts.items()]
 
-    def new(text: str) -> bool:
-        words = _stems(text)
+    def new(item: Item) -> bool:
+        words = _stems(text_of(item))
         return not any(len(words & k) >= FULL_MATCH * len(words) for k in known)
 
-    return Facts.model_construct(
-        preferences=facts.preferences + [t for t in direct.preferences if new(t)],
-        projects=facts.projects + [p for p in direct.projects if new(_text(p))],
-        dates=facts.dates + [d for d in direct.dates if new(_text(d))],
-        beliefs=facts.beliefs + [t for t in direct.beliefs if new(t)],
-        decisions=facts.decisions + [c for c in direct.decisions if new(_text(c))],
-    )
-
-
-def _text(fact: str | Project | DateFact | Decision) -> str:
-    """A fact's words, whatever its category (to compare facts with text)."""
-    if isinstance(fact, Project):
-        return f"{fact.name} {fact.description} {fact.details}"
-    if isinstance(fact, DateFact):
-        return f"{fact.event} {fact.date}"
-    if isinstance(fact, Decision):
-        return f"{fact.decision} {fact.context}"
-    return fact
-
-
-def _texts(facts: Facts) -> list[str]:
-    items: list[str | Project | DateFact | Decision] = [
-        *facts.preferences,
-        *facts.beliefs,
-        *facts.projects,
-        *facts.dates,
-        *facts.decisions,
-    ]
-    return [_text(item) for item in items]
+    return Facts.of([*facts.items(), *((c, i) for c, i in direct.items() if new(i))])
 
 
 #: Share of a fact's words a chunk must hold to count as stating it in full.
@@ -557,21 +520,9 @@ def attribute(facts: Facts, transcripts: list[str]) -> list[Facts]:
             return [i for i, s in enumerate(scores) if s == top]
         return [scores.index(top)]
 
-    for text in facts.preferences:
-        for i in owners(text):
-            out[i].preferences.append(text)
-    for text in facts.beliefs:
-        for i in owners(text):
-            out[i].beliefs.append(text)
-    for p in facts.projects:
-        for i in owners(_text(p)):
-            out[i].projects.append(p)
-    for d in facts.dates:
-        for i in owners(_text(d)):
-            out[i].dates.append(d)
-    for c in facts.decisions:
-        for i in owners(_text(c)):
-            out[i].decisions.append(c)
+    for category, item in facts.items():
+        for i in owners(text_of(item)):
+            getattr(out[i], category.key).append(item)
     return out
 
 
@@ -599,6 +550,7 @@ async def _checkpoint(
             "chunk_id": chunk_id,
             "content_hash": content_hash,
             "facts": facts.model_dump(),
+            "fact_count": facts.count(),
             **(first if i == 0 else none),
         }
         for i, (chunk_id, content_hash, facts) in enumerate(rows)

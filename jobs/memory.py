@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 
 from jobs.context import StageContext, StageResult
+from jobs.domain.memory import fallback_memory, normalise_memory
 from jobs.reduce import facts_from_stage_output
 from worker.llm.base import LLMError
-from worker.llm.parse import fallback_memory, normalise_memory
 from worker.redact import error_text
 
 logger = logging.getLogger("fullpass.memory")

@@ -12,43 +12,44 @@ default) does the model consolidate them, in ~50K-token batches, recursively.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from jobs.context import StageContext, StageResult
+from jobs.domain.facts import (
+    BY_KEY,
+    CATEGORIES,
+    Category,
+    Facts,
+    Item,
+    fields_of,
+    normalise,
+    subject_of,
+    text_of,
+    with_note,
+)
 from worker import queries
-from worker.llm.base import DateFact, Decision, Facts, Project
 
 MAX_ROUNDS = 6
-CATEGORIES = ("preferences", "projects", "dates", "beliefs", "decisions")
-
-_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
-_OVER = re.compile(r"\bprefer(?:s|red)?\s+(.+?)\s+(?:over|to)\s+(.+?)[.!]?$", re.IGNORECASE)
-
-
-def normalise(text: str) -> str:
-    """Casefolded, punctuation-free, single-spaced: the key for duplicates."""
-    return " ".join(_PUNCT.sub(" ", text.casefold()).split())
 
 
 @dataclass(slots=True)
 class Fact:
     """One reduced fact with its provenance."""
 
-    category: str
-    fields: dict[str, str]
+    category: Category
+    item: Item
     #: The date of the conversation that stated it (ISO), for "most recent wins".
     date: str | None
     sources: list[str] = field(default_factory=list)
     previously: list[str] = field(default_factory=list)
 
     def text(self) -> str:
-        return " — ".join(v for v in self.fields.values() if v)
+        return text_of(self.item)
 
     def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {**self.fields, "as_of": self.date, "sources": self.sources}
+        out: dict[str, Any] = {**fields_of(self.item), "as_of": self.date, "sources": self.sources}
         if self.previously:
             out["previously"] = self.previously
         return out
@@ -64,7 +65,7 @@ class FactSet:
         return len(self._by_key)
 
     def add(self, fact: Fact) -> None:
-        key = (fact.category, _subject(fact))
+        key = (fact.category.key, subject_of(fact.item))
         old = self._by_key.get(key)
         if old is None:
             self._by_key[key] = fact
@@ -77,87 +78,44 @@ class FactSet:
             previously.append(older.text())
         self._by_key[key] = Fact(
             newer.category,
-            newer.fields,
+            newer.item,
             newer.date,
             merged_sources,
             [p for p in previously if normalise(p) != normalise(newer.text())],
         )
 
     def facts(self) -> list[Fact]:
-        return sorted(
-            self._by_key.values(), key=lambda f: (CATEGORIES.index(f.category), f.date or "")
-        )
+        order = {c.key: i for i, c in enumerate(CATEGORIES)}
+        return sorted(self._by_key.values(), key=lambda f: (order[f.category.key], f.date or ""))
 
     def to_json(self) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {c: [] for c in CATEGORIES}
+        out: dict[str, list[dict[str, Any]]] = {c.key: [] for c in CATEGORIES}
         for fact in self.facts():
-            out[fact.category].append(fact.as_json())
+            out[fact.category.key].append(fact.as_json())
         return out
 
     def to_facts(self) -> Facts:
         """The plain fact JSON (what the model sees), with "previously" folded in."""
-        out = Facts()
-        for f in self.facts():
+
+        def annotated(f: Fact) -> Item:
             note = f" (previously: {'; '.join(f.previously)})" if f.previously else ""
             when = f" [{f.date}]" if f.date else ""
-            if f.category in ("preferences", "beliefs"):
-                getattr(out, f.category).append(f.fields["text"] + note)
-            elif f.category == "projects":
-                out.projects.append(
-                    Project(
-                        name=f.fields["name"],
-                        description=f.fields["description"],
-                        details=(f.fields["details"] + note).strip(),
-                    )
-                )
-            elif f.category == "dates":
-                out.dates.append(DateFact(event=f.fields["event"] + note, date=f.fields["date"]))
-            else:
-                out.decisions.append(
-                    Decision(
-                        decision=f.fields["decision"] + when,
-                        context=(f.fields["context"] + note).strip(),
-                    )
-                )
-        return out
+            return with_note(f.item, note, when)
+
+        return Facts.of((f.category, annotated(f)) for f in self.facts())
 
     def tokens(self) -> int:
         return len(json.dumps(self.to_facts().model_dump())) // 4 + 1
 
 
-def _subject(fact: Fact) -> str:
-    """What a fact is about: two facts with the same subject contradict or repeat."""
-    if fact.category == "projects":
-        return normalise(fact.fields["name"]) or normalise(fact.text())
-    if fact.category == "dates":
-        return normalise(fact.fields["event"]) or normalise(fact.text())
-    if fact.category == "decisions":
-        return normalise(fact.fields["decision"])
-    text = fact.fields["text"]
-    m = _OVER.search(text)
-    if m:  # "prefer A over B" and "prefer B over A" are about the same choice
-        return "prefer:" + "|".join(sorted([normalise(m.group(1)), normalise(m.group(2))]))
-    return normalise(text)
-
-
-def facts_from_json(category_items: Facts, *, date: str | None, source: str | None) -> list[Fact]:
+def facts_from_json(facts: Facts, *, date: str | None, source: str | None) -> list[Fact]:
     """Flatten one extraction answer into provenance-carrying facts (empty ones dropped)."""
     sources = [source] if source else []
-    out: list[Fact] = []
-    for text in category_items.preferences:
-        out.append(Fact("preferences", {"text": text}, date, list(sources)))
-    for text in category_items.beliefs:
-        out.append(Fact("beliefs", {"text": text}, date, list(sources)))
-    for p in category_items.projects:
-        fields = {"name": p.name, "description": p.description, "details": p.details}
-        out.append(Fact("projects", fields, date, list(sources)))
-    for d in category_items.dates:
-        out.append(Fact("dates", {"event": d.event, "date": d.date}, date, list(sources)))
-    for c in category_items.decisions:
-        out.append(
-            Fact("decisions", {"decision": c.decision, "context": c.context}, date, list(sources))
-        )
-    return [f for f in out if normalise(f.text())]
+    return [
+        Fact(category, item, date, list(sources))
+        for category, item in facts.items()
+        if normalise(text_of(item))
+    ]
 
 
 async def reduce(ctx: StageContext) -> StageResult:
@@ -203,7 +161,7 @@ async def _consolidate(ctx: StageContext, facts: FactSet, batch_tokens: int) -> 
     batches: list[list[Fact]] = [[]]
     size = 0
     for fact in facts.facts():
-        cost = len(json.dumps(fact.fields)) // 4 + 8
+        cost = len(json.dumps(fields_of(fact.item))) // 4 + 8
         if size + cost > batch_tokens and batches[-1]:
             batches.append([])
             size = 0
@@ -230,7 +188,7 @@ def _inherit(fact: Fact, originals: list[Fact]) -> None:
     best: list[Fact] = []
     best_score = 0.0
     for o in originals:
-        if o.category != fact.category:
+        if o.category.key != fact.category.key:
             continue
         other = set(normalise(o.text()).split())
         score = len(words & other) / (len(words | other) or 1)
@@ -246,13 +204,19 @@ def _inherit(fact: Fact, originals: list[Fact]) -> None:
 def facts_from_stage_output(output: dict[str, Any]) -> Facts:
     """The reduce checkpoint's facts as the plain fact JSON later stages send to the model."""
     facts = FactSet()
-    for category, items in (output.get("facts") or {}).items():
-        if category not in CATEGORIES:
+    for key, items in (output.get("facts") or {}).items():
+        category = BY_KEY.get(key)
+        if category is None:
             continue
-        for item in items:
-            fields = {k: str(v) for k, v in item.items() if k not in _META and v is not None}
-            fact = Fact(category, fields, item.get("as_of"), list(item.get("sources") or []))
-            fact.previously = list(item.get("previously") or [])
+        for raw in items:
+            fields = {k: str(v) for k, v in raw.items() if k not in _META and v is not None}
+            fact = Fact(
+                category,
+                category.from_fields(fields),
+                raw.get("as_of"),
+                list(raw.get("sources") or []),
+            )
+            fact.previously = list(raw.get("previously") or [])
             facts.add(fact)
     return facts.to_facts()
 

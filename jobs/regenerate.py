@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.context import StageContext, StageResult
+from jobs.domain.sections import SECTION_NAMES, Sections
 from jobs.extract import condense_transcript
 from worker import queries
-from worker.llm.base import SECTION_NAMES, Sections
 
 RESERVED_TOKENS = 16_000  # system prompt, instructions and the answer
 SAFETY = 0.85

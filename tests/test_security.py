@@ -26,13 +26,14 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from jobs.context import StageContext, StageResult
+from jobs.domain.facts import Facts
 from jobs.errors import BadInput
 from jobs.registry import STAGE_FUNCTIONS
 from tests.conftest import USER_A, USER_B, make_settings, query
 from tests.helpers import insert_import, running_worker, submit, wait_status
 from tests.webhooks import WebhookReceiver
 from worker import migrate, storage
-from worker.llm.base import ExtractionInput, Facts, LLMError, LLMResult
+from worker.llm.base import ExtractionInput, LLMError, LLMResult
 from worker.llm.offline import OfflineProvider
 from worker.logs import setup_logging
 from worker.settings import Settings

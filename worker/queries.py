@@ -252,16 +252,17 @@ WITH current AS (
      WHERE i.id = %(import_id)s AND i.generation = %(generation)s AND i.status = 'processing'
        AND s.lease = %(lease)s
 ), written AS (
-    INSERT INTO public.chunk_facts (import_id, chunk_id, user_id, content_hash, facts, model,
-                                    input_tokens, output_tokens, cache_read_tokens, error)
-    SELECT c.id, r.chunk_id, c.user_id, r.content_hash, r.facts, %(model)s,
+    INSERT INTO public.chunk_facts (import_id, chunk_id, user_id, content_hash, facts, fact_count,
+                                    model, input_tokens, output_tokens, cache_read_tokens, error)
+    SELECT c.id, r.chunk_id, c.user_id, r.content_hash, r.facts, r.fact_count, %(model)s,
            r.input_tokens, r.output_tokens, r.cache_read_tokens, %(error)s::text
       FROM current c
      CROSS JOIN jsonb_to_recordset(%(rows)s::jsonb) AS r(
-           chunk_id uuid, content_hash text, facts jsonb,
+           chunk_id uuid, content_hash text, facts jsonb, fact_count int,
            input_tokens int, output_tokens int, cache_read_tokens int)
     ON CONFLICT (import_id, chunk_id) DO UPDATE
-       SET content_hash = EXCLUDED.content_hash, facts = EXCLUDED.facts, model = EXCLUDED.model,
+       SET content_hash = EXCLUDED.content_hash, facts = EXCLUDED.facts,
+           fact_count = EXCLUDED.fact_count, model = EXCLUDED.model,
            input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
            cache_read_tokens = EXCLUDED.cache_read_tokens, error = EXCLUDED.error,
            created_at = now()
@@ -291,11 +292,7 @@ SELECT EXISTS (SELECT 1 FROM current) AS current, (SELECT count(*) FROM written)
 CHUNK_FACTS_SUMMARY: LiteralString = """
 SELECT count(*) AS chunks,
        count(*) FILTER (WHERE error IS NOT NULL) AS failed,
-       coalesce(sum(jsonb_array_length(facts -> 'preferences')
-                  + jsonb_array_length(facts -> 'projects')
-                  + jsonb_array_length(facts -> 'dates')
-                  + jsonb_array_length(facts -> 'beliefs')
-                  + jsonb_array_length(facts -> 'decisions')), 0) AS facts,
+       coalesce(sum(fact_count), 0) AS facts,
        coalesce(sum(input_tokens), 0) AS input_tokens,
        coalesce(sum(output_tokens), 0) AS output_tokens
   FROM public.chunk_facts WHERE import_id = %(import_id)s
@@ -314,11 +311,7 @@ CONVERSATION_SCORES: LiteralString = """
 WITH conv AS (
     SELECT c.conversation_id, max(c.title) AS title, max(c.created_at) AS created_at,
            sum(c.token_count) AS tokens, bool_or(c.is_recent) AS is_recent,
-           sum(coalesce(jsonb_array_length(f.facts -> 'preferences'), 0)
-             + coalesce(jsonb_array_length(f.facts -> 'projects'), 0)
-             + coalesce(jsonb_array_length(f.facts -> 'dates'), 0)
-             + coalesce(jsonb_array_length(f.facts -> 'beliefs'), 0)
-             + coalesce(jsonb_array_length(f.facts -> 'decisions'), 0)) AS facts
+           sum(coalesce(f.fact_count, 0)) AS facts
       FROM public.conversation_chunks c
       LEFT JOIN public.chunk_facts f ON f.chunk_id = c.id AND f.import_id = c.import_id
      WHERE c.import_id = %(import_id)s AND c.chunk_tier = %(tier)s

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
+from jobs.domain.facts import Facts, Project
 from jobs.extract import (
     _WORD,
     _stems,
@@ -26,7 +27,6 @@ from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault
 from tests.fakes.plugin import anthropic_provider
 from tests.helpers import drive, import_row, stage_rows, submit
 from worker import runner
-from worker.llm.base import Facts, Project
 from worker.settings import Settings
 
 

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from jobs.domain.facts import MEMORY_SECTIONS
+from jobs.domain.memory import NO_DATA
 from tests.conftest import USER_A, make_settings, query
 from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault
 from tests.fakes.plugin import anthropic_provider
 from tests.helpers import drive, import_row, stage_rows, submit
 from worker import queries, runner
-from worker.llm.base import MEMORY_SECTIONS, NO_DATA
 
 HEADINGS = [f"## {s}" for s in MEMORY_SECTIONS]
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from jobs.reduce import Fact, FactSet, facts_from_stage_output, normalise
+from jobs.domain.facts import BY_KEY, DateFact, Decision, Project, normalise
+from jobs.reduce import Fact, FactSet, facts_from_stage_output
 from tests.conftest import USER_A, make_settings
 from tests.fakes.fake_anthropic import FakeAnthropicServer
 from tests.fakes.plugin import anthropic_provider
@@ -17,8 +18,9 @@ from worker import runner
 
 def test_normalised_duplicates_merge_and_keep_every_source() -> None:
     s = FactSet()
-    s.add(Fact("preferences", {"text": "I prefer dark mode."}, "2024-01-01", ["c1"]))
-    s.add(Fact("preferences", {"text": "i prefer DARK   mode"}, "2024-02-01", ["c2"]))
+    prefs = BY_KEY["preferences"]
+    s.add(Fact(prefs, "I prefer dark mode.", "2024-01-01", ["c1"]))
+    s.add(Fact(prefs, "i prefer DARK   mode", "2024-02-01", ["c2"]))
     assert len(s) == 1
     (fact,) = s.facts()
     assert fact.sources == ["c1", "c2"] and fact.previously == []
@@ -27,31 +29,19 @@ def test_normalised_duplicates_merge_and_keep_every_source() -> None:
 
 def test_contradictions_resolve_to_the_most_recent_and_remember_the_old() -> None:
     s = FactSet()
-    s.add(
-        Fact(
-            "projects",
-            {"name": "Lumen", "description": "a Rust CLI", "details": ""},
-            "2025-03-01",
-            ["new"],
-        )
-    )
-    s.add(
-        Fact(
-            "projects",
-            {"name": "lumen", "description": "a Django app", "details": ""},
-            "2023-01-01",
-            ["old"],
-        )
-    )
-    s.add(Fact("preferences", {"text": "I prefer tabs over spaces."}, "2023-01-01", ["a"]))
-    s.add(Fact("preferences", {"text": "I prefer spaces over tabs."}, "2024-06-01", ["b"]))
-    by_cat = {f.category: f for f in s.facts()}
-    assert by_cat["projects"].fields["description"] == "a Rust CLI"
+    projects, prefs = BY_KEY["projects"], BY_KEY["preferences"]
+    s.add(Fact(projects, Project(name="Lumen", description="a Rust CLI"), "2025-03-01", ["new"]))
+    s.add(Fact(projects, Project(name="lumen", description="a Django app"), "2023-01-01", ["old"]))
+    s.add(Fact(prefs, "I prefer tabs over spaces.", "2023-01-01", ["a"]))
+    s.add(Fact(prefs, "I prefer spaces over tabs.", "2024-06-01", ["b"]))
+    by_cat = {f.category.key: f for f in s.facts()}
+    project = by_cat["projects"].item
+    assert isinstance(project, Project) and project.description == "a Rust CLI"
     assert by_cat["projects"].previously == ["Lumen — a Django app"] or by_cat[
         "projects"
     ].previously == ["lumen — a Django app"]
     assert by_cat["projects"].sources == ["old", "new"]
-    assert by_cat["preferences"].fields["text"] == "I prefer spaces over tabs."
+    assert by_cat["preferences"].item == "I prefer spaces over tabs."
     assert by_cat["preferences"].previously == ["I prefer tabs over spaces."]
     facts = s.to_facts()
     assert "previously" in facts.preferences[0]
@@ -59,8 +49,9 @@ def test_contradictions_resolve_to_the_most_recent_and_remember_the_old() -> Non
 
 def test_stage_output_round_trips() -> None:
     s = FactSet()
-    s.add(Fact("dates", {"event": "Marathon", "date": "2025-10-12"}, "2025-01-01", ["c9"]))
-    s.add(Fact("decisions", {"decision": "Move to Postgres", "context": "joins"}, None, ["c1"]))
+    dates, decisions = BY_KEY["dates"], BY_KEY["decisions"]
+    s.add(Fact(dates, DateFact(event="Marathon", date="2025-10-12"), "2025-01-01", ["c9"]))
+    s.add(Fact(decisions, Decision(decision="Move to Postgres", context="joins"), None, ["c1"]))
     back = facts_from_stage_output({"facts": s.to_json()})
     assert back.dates[0].date == "2025-10-12"
     assert back.decisions[0].context == "joins"

@@ -11,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from jobs import registry
 from jobs.context import StageContext, StageResult
+from jobs.domain.facts import Facts
 from tests.conftest import USER_A, USER_B, make_settings, query
 from tests.helpers import (
     drive,
@@ -23,7 +24,7 @@ from tests.helpers import (
     wait_status,
 )
 from worker import runner
-from worker.llm.base import ExtractionInput, Facts, LLMResult
+from worker.llm.base import ExtractionInput, LLMResult
 from worker.llm.offline import OfflineProvider
 from worker.settings import Settings
 from worker.stages import STAGES

@@ -27,23 +27,12 @@ from typing import Any, Final, TypeVar, cast
 import anthropic
 from anthropic.types import Message
 
-from worker.llm.base import (
-    ExtractionInput,
-    Facts,
-    LLMError,
-    LLMResult,
-    Sections,
-    Usage,
-)
+from jobs.domain.facts import Facts
+from jobs.domain.memory import memory_sections, normalise_memory
+from jobs.domain.sections import Sections
+from worker.llm.base import ExtractionInput, LLMError, LLMResult, Usage
 from worker.llm.limiter import AdaptiveLimiter, Permit, global_limiter
-from worker.llm.parse import (
-    BadAnswer,
-    answer_text,
-    memory_sections,
-    normalise_memory,
-    parse_facts,
-    parse_sections,
-)
+from worker.llm.parse import BadAnswer, answer_text, parse_facts, parse_sections
 from worker.llm.prompts import (
     CONSOLIDATION_SYSTEM,
     EXTRACTION_SYSTEM,

@@ -12,81 +12,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from jobs.domain.facts import Facts
+from jobs.domain.sections import Sections
 
 T = TypeVar("T")
-
-SECTION_NAMES = ("soul", "identity", "user", "agents", "tools")
-MEMORY_SECTIONS = (
-    "Preferences",
-    "Projects",
-    "Important Dates",
-    "Beliefs & Values",
-    "Decisions & Context",
-)
-NO_DATA = "No data yet."
-
-
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
-
-
-class Project(_Lenient):
-    name: str = ""
-    description: str = ""
-    details: str = ""
-
-
-class DateFact(_Lenient):
-    event: str = ""
-    date: str = ""
-
-
-class Decision(_Lenient):
-    decision: str = ""
-    context: str = ""
-
-
-class Facts(_Lenient):
-    """The fact JSON of design §3: the extraction output and the reduce format."""
-
-    preferences: list[str] = Field(default_factory=list)
-    projects: list[Project] = Field(default_factory=list)
-    dates: list[DateFact] = Field(default_factory=list)
-    beliefs: list[str] = Field(default_factory=list)
-    decisions: list[Decision] = Field(default_factory=list)
-
-    def count(self) -> int:
-        return (
-            len(self.preferences)
-            + len(self.projects)
-            + len(self.dates)
-            + len(self.beliefs)
-            + len(self.decisions)
-        )
-
-
-class Section(_Lenient):
-    """One regenerated persona section (soul, identity, user, agents, tools)."""
-
-    title: str = ""
-    summary: str = ""
-    points: list[str] = Field(default_factory=list)
-
-    def to_markdown(self, name: str) -> str:
-        lines = [f"# {self.title or name.upper()}", ""]
-        if self.summary:
-            lines += [self.summary, ""]
-        lines += [f"- {p}" for p in self.points]
-        return "\n".join(lines).strip() + "\n"
-
-
-class Sections(_Lenient):
-    soul: Section = Field(default_factory=Section)
-    identity: Section = Field(default_factory=Section)
-    user: Section = Field(default_factory=Section)
-    agents: Section = Field(default_factory=Section)
-    tools: Section = Field(default_factory=Section)
 
 
 @dataclass(frozen=True, slots=True)

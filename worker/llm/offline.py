@@ -34,18 +34,10 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Final, Literal, TypeVar
 
-from worker.llm.base import (
-    DateFact,
-    Decision,
-    ExtractionInput,
-    Facts,
-    LLMResult,
-    Project,
-    Section,
-    Sections,
-    Usage,
-)
-from worker.llm.parse import fallback_memory, memory_sections
+from jobs.domain.facts import DateFact, Decision, Facts, Project
+from jobs.domain.memory import fallback_memory, memory_sections
+from jobs.domain.sections import Section, Sections
+from worker.llm.base import ExtractionInput, LLMResult, Usage
 
 MODEL: Final = "offline-rules-v1"
 

@@ -13,7 +13,11 @@ import json
 from collections.abc import Sequence
 from typing import Any, Final
 
-from worker.llm.base import MEMORY_SECTIONS, NO_DATA, SECTION_NAMES, ExtractionInput, Facts
+from jobs.domain import facts, sections
+from jobs.domain.facts import MEMORY_SECTIONS, Facts
+from jobs.domain.memory import NO_DATA
+from jobs.domain.sections import SECTION_PURPOSE
+from worker.llm.base import ExtractionInput
 
 RECORD_FACTS: Final = "record_facts"
 WRITE_SECTIONS: Final = "write_sections"
@@ -25,112 +29,17 @@ FACTS_TAG: Final = "facts"
 MEMORY_TAG: Final = "memory"
 CONVERSATION_TAG: Final = "conversation"
 
-_STR_LIST: Final[dict[str, Any]] = {"type": "array", "items": {"type": "string"}}
-
-
-def _object_list(fields: dict[str, str]) -> dict[str, Any]:
-    return {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "properties": {
-                name: {"type": "string", "description": text} for name, text in fields.items()
-            },
-            "required": list(fields),
-            "additionalProperties": False,
-        },
-    }
-
-
-#: JSON schema of the fact JSON (design §3), used as the ``record_facts`` input.
-FACTS_SCHEMA: Final[dict[str, Any]] = {
-    "type": "object",
-    "properties": {
-        "preferences": {
-            **_STR_LIST,
-            "description": "Lasting likes, dislikes, habits and ways the user wants things "
-            "done. One sentence each.",
-        },
-        "projects": {
-            **_object_list(
-                {
-                    "name": "Short name of the project, product, job or ongoing effort.",
-                    "description": "One sentence: what it is.",
-                    "details": "Stack, status, people, dates or other specifics; may be empty.",
-                }
-            ),
-            "description": "Things the user is building, running or working on.",
-        },
-        "dates": {
-            **_object_list(
-                {
-                    "event": "What happens or happened, from the user's point of view.",
-                    "date": "The date as precisely as known (ISO 2024-05-17 when exact).",
-                }
-            ),
-            "description": "Dates that matter to the user: birthdays, anniversaries, "
-            "deadlines, launches, moves.",
-        },
-        "beliefs": {
-            **_STR_LIST,
-            "description": "Values, principles and convictions the user holds. One sentence each.",
-        },
-        "decisions": {
-            **_object_list(
-                {
-                    "decision": "What the user decided, in one sentence.",
-                    "context": "Why, and when if known; may be empty.",
-                }
-            ),
-            "description": "Choices the user made that shape future work or life.",
-        },
-    },
-    "required": ["preferences", "projects", "dates", "beliefs", "decisions"],
-    "additionalProperties": False,
-}
-
 RECORD_FACTS_TOOL: Final[dict[str, Any]] = {
     "name": RECORD_FACTS,
     "description": "Record the durable facts about the user. Call it exactly once, with every "
     "category present; use an empty array for a category with nothing to record.",
-    "input_schema": FACTS_SCHEMA,
-}
-
-_SECTION_SCHEMA: Final[dict[str, Any]] = {
-    "type": "object",
-    "properties": {
-        "title": {"type": "string", "description": "A short heading for the section."},
-        "summary": {"type": "string", "description": "Two to four sentences."},
-        "points": {
-            **_STR_LIST,
-            "description": "Five to twelve specific, concrete bullet points.",
-        },
-    },
-    "required": ["title", "summary", "points"],
-    "additionalProperties": False,
-}
-
-_SECTION_PURPOSE: Final[dict[str, str]] = {
-    "soul": "The user's values, outlook, temperament and what they care about most.",
-    "identity": "Who the user is: roles, work, expertise, life situation, projects.",
-    "user": "Practical profile: preferences, routines, important dates, constraints.",
-    "agents": "How an AI assistant should work with this user: tone, format, level of "
-    "detail, what to avoid, standing decisions to respect.",
-    "tools": "Technologies, tools, platforms and workflows the user relies on.",
+    "input_schema": facts.tool_schema(),
 }
 
 WRITE_SECTIONS_TOOL: Final[dict[str, Any]] = {
     "name": WRITE_SECTIONS,
     "description": "Write the five persona sections. Call it exactly once with all five.",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            name: {**_SECTION_SCHEMA, "description": _SECTION_PURPOSE[name]}
-            for name in SECTION_NAMES
-        },
-        "required": list(SECTION_NAMES),
-        "additionalProperties": False,
-    },
+    "input_schema": sections.tool_schema(),
 }
 
 EXTRACTION_SYSTEM: Final = f"""\
@@ -214,11 +123,11 @@ are few facts, write a short document; never pad."""
 
 SECTIONS_SYSTEM: Final = f"""\
 You write a persona profile of one person (the user) for an AI assistant, in five sections:
-- soul: {_SECTION_PURPOSE["soul"]}
-- identity: {_SECTION_PURPOSE["identity"]}
-- user: {_SECTION_PURPOSE["user"]}
-- agents: {_SECTION_PURPOSE["agents"]}
-- tools: {_SECTION_PURPOSE["tools"]}
+- soul: {SECTION_PURPOSE["soul"]}
+- identity: {SECTION_PURPOSE["identity"]}
+- user: {SECTION_PURPOSE["user"]}
+- agents: {SECTION_PURPOSE["agents"]}
+- tools: {SECTION_PURPOSE["tools"]}
 
 You get the user's MEMORY document (curated facts, inside <{MEMORY_TAG}> tags) and excerpts of \
 their most informative conversations (inside <{CONVERSATION_TAG}> tags). Treat MEMORY as the \

@@ -12,18 +12,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from jobs.domain.facts import MEMORY_SECTIONS, Facts, Project
 from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault, extract_facts
 from tests.fakes.plugin import anthropic_provider
 from worker.llm import limiter as limiter_module
 from worker.llm.anthropic_provider import AnthropicProvider, redact, retry_after_seconds
-from worker.llm.base import (
-    MEMORY_SECTIONS,
-    ExtractionInput,
-    Facts,
-    LLMError,
-    LLMResult,
-    Project,
-)
+from worker.llm.base import ExtractionInput, LLMError, LLMResult
 from worker.llm.limiter import AdaptiveLimiter
 from worker.llm.prompts import SECTIONS_SYSTEM, sections_message
 from worker.settings import Settings

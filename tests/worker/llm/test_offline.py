@@ -12,17 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.llm.base import (
-    MEMORY_SECTIONS,
-    NO_DATA,
-    SECTION_NAMES,
-    DateFact,
-    Decision,
-    ExtractionInput,
-    Facts,
-    LLMProvider,
-    Project,
-)
+from jobs.domain.facts import MEMORY_SECTIONS, DateFact, Decision, Facts, Project
+from jobs.domain.memory import NO_DATA
+from jobs.domain.sections import SECTION_NAMES
+from worker.llm.base import ExtractionInput, LLMProvider
 from worker.llm.offline import (
     MODEL,
     OfflineProvider,

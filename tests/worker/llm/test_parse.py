@@ -8,16 +8,9 @@ from typing import Any
 
 import pytest
 
-from worker.llm.base import MEMORY_SECTIONS, NO_DATA, DateFact, Decision, Facts, Project
-from worker.llm.parse import (
-    BadAnswer,
-    fallback_memory,
-    json_objects,
-    memory_sections,
-    normalise_memory,
-    parse_facts,
-    parse_sections,
-)
+from jobs.domain.facts import MEMORY_SECTIONS, DateFact, Decision, Facts, Project
+from jobs.domain.memory import NO_DATA, fallback_memory, memory_sections, normalise_memory
+from worker.llm.parse import BadAnswer, json_objects, parse_facts, parse_sections
 
 GOOD: dict[str, Any] = {
     "preferences": ["Prefers tabs over spaces."],
