@@ -203,6 +203,7 @@ async def ingest(db: str, zip_path: Path, home: Path) -> dict[str, Any]:
     from worker.llm.offline import OfflineProvider
     from worker.service import make_pool
     from worker.settings import Settings
+    from worker.store import Store
 
     env: dict[str, Any] = {
         "DATABASE_URL": db,
@@ -222,7 +223,7 @@ async def ingest(db: str, zip_path: Path, home: Path) -> dict[str, Any]:
 
     pool = make_pool(db, max_size=4)
     await pool.open(wait=True)
-    deps = runner.Deps(settings=settings, pool=pool, llm=OfflineProvider())
+    deps = runner.Deps(settings=settings, store=Store(pool), llm=OfflineProvider())
     timings: dict[str, float] = {}
     try:
         async with pool.connection() as conn:  # autocommit, dict rows (make_pool)

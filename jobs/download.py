@@ -12,38 +12,37 @@ import socket
 from pathlib import Path
 
 from jobs.context import StageContext, StageResult
-from worker.storage import FetchedExport, fetch_export
+from jobs.outputs import DownloadOutput
+from worker.storage import fetch_export
 
 
 async def download(ctx: StageContext) -> StageResult:
     fetched = await fetch_export(
         ctx.imp.storage_path, str(ctx.imp.user_id), ctx.settings, ctx.workdir
     )
-    await ctx.report_progress(1, 1)
-    return StageResult(output=_pointer(fetched))
+    await ctx.store.report_progress(1, 1)
+    return StageResult(
+        DownloadOutput(
+            path=str(fetched.path),
+            size=fetched.size,
+            sha256=fetched.sha256,
+            source=fetched.source,
+            host=socket.gethostname(),
+        )
+    )
 
 
 async def local_export(ctx: StageContext) -> Path:
     """The export file on this machine, fetched again if missing or different."""
-    pointer = ctx.outputs.get("download", {})
-    path = Path(pointer["path"]) if pointer.get("path") else None
-    if path is not None and path.is_file() and _sha256(path) == pointer.get("sha256"):
+    pointer = ctx.outputs.get(DownloadOutput)
+    path = Path(pointer.path)
+    if path.is_file() and _sha256(path) == pointer.sha256:
         return path
     fetched = await fetch_export(
         ctx.imp.storage_path, str(ctx.imp.user_id), ctx.settings, ctx.workdir
     )
     refreshed: Path = fetched.path
     return refreshed
-
-
-def _pointer(fetched: FetchedExport) -> dict[str, object]:
-    return {
-        "path": str(fetched.path),
-        "size": fetched.size,
-        "sha256": fetched.sha256,
-        "source": fetched.source,
-        "host": socket.gethostname(),
-    }
 
 
 def _sha256(path: Path) -> str:

@@ -29,19 +29,17 @@ import re
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
-
-from psycopg.types.json import Jsonb
 
 from jobs.context import StageContext, StageResult
 from jobs.domain.facts import Facts, Item, text_of
 from jobs.errors import TransientError
-from worker import queries
+from jobs.outputs import BatchState, ChunkOutput, ExtractOutput, Parked
 from worker.errors import StaleJob
 from worker.llm import offline
 from worker.llm.base import BatchProvider, ExtractionInput, LLMError, LLMResult, Usage
 from worker.redact import error_text
+from worker.store import ChunkRef, ChunkText, FactsRow
 
 logger = logging.getLogger("fullpass.extract")
 
@@ -55,37 +53,6 @@ _SPEAKER = re.compile(r"^(User|Assistant|Saved memory|Custom instructions)(?: \(
 PAGE = 200  # chunk contents read per query
 FIRST_PAGE = 25
 BATCH_SIZE = 10_000  # requests per Message Batch
-
-
-@dataclass(frozen=True, slots=True)
-class _Todo:
-    chunk_id: str
-    conversation_id: str
-    chunk_index: int
-    title: str
-    content: str
-    content_hash: str
-    created_at: datetime | None
-
-    @classmethod
-    def from_row(cls, r: dict[str, Any]) -> _Todo:
-        """A row of ``queries.CHUNKS_BY_ID``."""
-        return cls(
-            r["id"],
-            r["conversation_id"],
-            r["chunk_index"],
-            r["title"],
-            r["content"],
-            r["content_hash"],
-            r["created_at"],
-        )
-
-    def follows(self, other: _Todo) -> bool:
-        """Whether this is the chunk right after ``other`` in the same conversation."""
-        return (
-            other.conversation_id == self.conversation_id
-            and other.chunk_index == self.chunk_index - 1
-        )
 
 
 def condense_transcript(
@@ -161,17 +128,17 @@ def novel_part(previous: str, content: str) -> str:
 
 
 async def extract(ctx: StageContext) -> StageResult:
-    tier = _extraction_tier(ctx)
-    todo, total = await _work_list(ctx, tier)
+    tier = ctx.outputs.get(ChunkOutput).extraction_tier
+    todo, total = await ctx.store.extraction_work(tier)
     state = _MapState(completed=total - len(todo))
-    await ctx.report_progress(state.completed, total)
+    await ctx.store.report_progress(state.completed, total)
     batch_summary: dict[str, Any] | None = None
 
     if _batch_mode(ctx) and todo:
         parked, batch_summary = await _batch_phase(ctx, todo, state)
         if parked is not None:
             return parked
-        todo, total = await _work_list(ctx, tier)
+        todo, total = await ctx.store.extraction_work(tier)
     elif ctx.options.batch and not isinstance(ctx.llm, BatchProvider):
         logger.warning(
             "FULLPASS_BATCH is set but provider %s has no batch API: extracting online",
@@ -187,26 +154,22 @@ async def extract(ctx: StageContext) -> StageResult:
             f"because the model service kept failing (last: {state.last_transient})"
         )
 
-    async with ctx.pool.connection() as conn:
-        summary = await (
-            await conn.execute(queries.CHUNK_FACTS_SUMMARY, {"import_id": ctx.imp.id})
-        ).fetchone()
-    assert summary is not None
-    output: dict[str, Any] = {
-        "tier": tier,
-        "chunks": total,
-        "calls": state.calls,
-        "extracted_now": state.extracted,
-        "skipped_no_user_text": state.skipped,
-        "failed_chunks": int(summary["failed"]),
-        "facts": int(summary["facts"]),
-        "input_tokens": int(summary["input_tokens"]),
-        "output_tokens": int(summary["output_tokens"]),
-        "model": ctx.llm.model,
-    }
-    if batch_summary is not None:
-        output["batch"] = batch_summary
-    return StageResult(output=output)
+    summary = await ctx.store.facts_summary()
+    return StageResult(
+        ExtractOutput(
+            tier=tier,
+            chunks=total,
+            calls=state.calls,
+            extracted_now=state.extracted,
+            skipped_no_user_text=state.skipped,
+            failed_chunks=summary.failed,
+            facts=summary.facts,
+            input_tokens=summary.input_tokens,
+            output_tokens=summary.output_tokens,
+            model=ctx.llm.model,
+            batch=batch_summary,
+        )
+    )
 
 
 @dataclass(slots=True)
@@ -235,23 +198,7 @@ class _Group:
     item: ExtractionInput
 
 
-async def _work_list(ctx: StageContext, tier: str) -> tuple[list[tuple[str, str]], int]:
-    """(chunk id, content hash) of every chunk without a current checkpoint, and the total."""
-    async with ctx.pool.connection() as conn:
-        chunks = await (
-            await conn.execute(
-                queries.CHUNKS_FOR_EXTRACTION, {"import_id": ctx.imp.id, "tier": tier}
-            )
-        ).fetchall()
-        done_rows = await (
-            await conn.execute(queries.EXTRACTED_CHUNKS, {"import_id": ctx.imp.id})
-        ).fetchall()
-    done = {r["chunk_id"]: r["content_hash"] for r in done_rows}
-    todo = [(r["id"], r["content_hash"]) for r in chunks if done.get(r["id"]) != r["content_hash"]]
-    return todo, len(chunks)
-
-
-async def _pages(ctx: StageContext, todo: list[tuple[str, str]]) -> AsyncIterator[list[_Todo]]:
+async def _pages(ctx: StageContext, todo: list[ChunkRef]) -> AsyncIterator[list[ChunkText]]:
     """The work list's chunk contents, a page at a time (memory stays flat).
 
     Pages start small and double up to ``PAGE``: the first call goes out
@@ -259,26 +206,21 @@ async def _pages(ctx: StageContext, todo: list[tuple[str, str]]) -> AsyncIterato
     """
     start, size = 0, FIRST_PAGE
     while start < len(todo):
-        ids = [chunk_id for chunk_id, _ in todo[start : start + size]]
+        ids = [ref.id for ref in todo[start : start + size]]
         start, size = start + size, min(size * 2, PAGE)
-        async with ctx.pool.connection() as conn:
-            rows = await (
-                await conn.execute(queries.CHUNKS_BY_ID, {"import_id": ctx.imp.id, "ids": ids})
-            ).fetchall()
-        by_id = {r["id"]: r for r in rows}
-        yield [_Todo.from_row(r) for r in (by_id.get(chunk_id) for chunk_id in ids) if r]
+        yield await ctx.store.chunk_texts(ids)
 
 
 async def _groups(
-    ctx: StageContext, todo: list[tuple[str, str]], state: _MapState
+    ctx: StageContext, todo: list[ChunkRef], state: _MapState
 ) -> AsyncIterator[_Group]:
     """Condensed chunks packed into calls; chunks without user text are checkpointed empty."""
     budget = ctx.options.pack_tokens * 4
-    pending: list[tuple[_Todo, str]] = []
+    pending: list[tuple[ChunkText, str]] = []
     size = 0
-    previous: _Todo | None = None
+    previous: ChunkText | None = None
     async for page in _pages(ctx, todo):
-        empty: list[tuple[str, str, Facts]] = []
+        empty: list[FactsRow] = []
         for item in page:
             text = item.content
             if previous is not None and item.follows(previous):
@@ -286,7 +228,7 @@ async def _groups(
             previous = item
             transcript = condense_transcript(text)
             if not transcript:
-                empty.append((item.chunk_id, item.content_hash, Facts()))
+                empty.append(FactsRow(item.id, item.content_hash, Facts()))
                 continue
             if pending and size + len(transcript) > budget:
                 yield _group(pending)
@@ -295,23 +237,23 @@ async def _groups(
             size += len(transcript)
         if empty:
             # One write for the page's chunks that have nothing to extract.
-            await _checkpoint(ctx, empty, _EMPTY)
+            await ctx.store.checkpoint_facts(empty, Usage(), _NO_USER_TEXT)
             state.skipped += len(empty)
             state.completed += len(empty)
     if pending:
         yield _group(pending)
 
 
-def _group(items: list[tuple[_Todo, str]]) -> _Group:
+def _group(items: list[tuple[ChunkText, str]]) -> _Group:
     members = tuple(
-        _Member(t.chunk_id, t.content_hash, _header(t), transcript) for t, transcript in items
+        _Member(t.id, t.content_hash, _header(t), transcript) for t, transcript in items
     )
     first = items[0][0]
     if len(items) == 1:
         return _Group(members, _input(first, items[0][1]))
     packed = "\n\n".join(f"{m.header}\n{m.transcript}" for m in members)
     item = ExtractionInput(
-        chunk_id=first.chunk_id,
+        chunk_id=first.id,
         conversation_id=first.conversation_id,
         title=f"{len(items)} conversation excerpts (each under its own header)",
         transcript=packed,
@@ -320,15 +262,15 @@ def _group(items: list[tuple[_Todo, str]]) -> _Group:
     return _Group(members, item)
 
 
-def _header(item: _Todo) -> str:
+def _header(item: ChunkText) -> str:
     when = item.created_at.date().isoformat() if item.created_at else "undated"
     # A "System:" line: every transcript reader knows it is not the user speaking.
     return f'System: new conversation "{item.title or "Untitled"}", dated {when}.'
 
 
-def _input(item: _Todo, transcript: str) -> ExtractionInput:
+def _input(item: ChunkText, transcript: str) -> ExtractionInput:
     return ExtractionInput(
-        chunk_id=item.chunk_id,
+        chunk_id=item.id,
         conversation_id=item.conversation_id,
         title=item.title,
         transcript=transcript,
@@ -336,9 +278,7 @@ def _input(item: _Todo, transcript: str) -> ExtractionInput:
     )
 
 
-async def _online(
-    ctx: StageContext, todo: list[tuple[str, str]], state: _MapState, total: int
-) -> None:
+async def _online(ctx: StageContext, todo: list[ChunkRef], state: _MapState, total: int) -> None:
     """Extract ``todo`` with at most ``concurrency`` calls in flight, checkpointing each.
 
     When the job loses the stage (requeued, cancelled, or handed to another
@@ -351,26 +291,26 @@ async def _online(
     checked = time.monotonic()
     stale = asyncio.Event()
 
-    async def unless_stale(step: Coroutine[Any, Any, None]) -> None:
+    async def produce() -> None:
         try:
-            await step
+            async for group in _groups(ctx, todo, state):
+                await queue.put(group)
         except StaleJob:
             stale.set()
-
-    async def produce() -> None:
-        async for group in _groups(ctx, todo, state):
-            await queue.put(group)
         for _ in range(limit):
             await queue.put(None)
 
     async def finish(write: Coroutine[Any, Any, None], n: int) -> None:
         nonlocal checked
-        await write
-        state.completed += n
-        if time.monotonic() - checked >= PROGRESS_SECONDS:
-            checked = time.monotonic()
-            await ctx.ensure_current()
-            await ctx.report_progress(state.completed, total)
+        try:
+            await write
+            state.completed += n
+            if time.monotonic() - checked >= PROGRESS_SECONDS:
+                checked = time.monotonic()
+                await ctx.store.ensure_current()
+                await ctx.store.report_progress(state.completed, total)
+        except StaleJob:
+            stale.set()
 
     async def consume(tasks: asyncio.TaskGroup) -> None:
         while not stale.is_set() and (group := await queue.get()) is not None:
@@ -381,7 +321,7 @@ async def _online(
                 return
             if write is not None:
                 # The checkpoint commits in the background: the call slot is free at once.
-                pending = unless_stale(finish(write, len(group.members)))
+                pending = finish(write, len(group.members))
                 try:
                     tasks.create_task(pending)
                 except RuntimeError:
@@ -392,7 +332,7 @@ async def _online(
 
     try:
         async with asyncio.TaskGroup() as tasks:
-            producer = tasks.create_task(unless_stale(produce()))
+            producer = tasks.create_task(produce())
             consumers = [tasks.create_task(consume(tasks)) for _ in range(limit)]
             await asyncio.wait(consumers)
             producer.cancel()  # stale: nobody takes its next group
@@ -400,14 +340,14 @@ async def _online(
         raise eg.exceptions[0] from None  # the first cause, not the group wrapper
     if stale.is_set():
         raise StaleJob()
-    await ctx.report_progress(state.completed, total)
+    await ctx.store.report_progress(state.completed, total)
 
 
 async def _extract_group(
     ctx: StageContext, group: _Group, state: _MapState
 ) -> Coroutine[Any, Any, None] | None:
     """One call; returns the checkpoint write to run (None: nothing to checkpoint)."""
-    await ctx.ensure_current()  # a job that lost its lease must not pay for another call
+    await ctx.store.ensure_current()  # a job that lost its lease must not pay for another call
     state.calls += 1
     try:
         result = await ctx.llm.extract_facts(group.item)
@@ -415,11 +355,12 @@ async def _extract_group(
         if exc.transient:
             state.transient_failures += len(group.members)
             state.last_transient = error_text(exc)
-            await ctx.record_usage(exc.usage)
+            await ctx.store.record_usage(exc.usage)
             return None  # not checkpointed: the stage's retry tries these chunks again
-        failed = LLMResult(Facts(), exc.usage, ctx.llm.model)
-        rows = [(m.chunk_id, m.content_hash, direct_facts(m.transcript)) for m in group.members]
-        return _checkpoint(ctx, rows, failed, error=error_text(exc))
+        rows = [
+            FactsRow(m.chunk_id, m.content_hash, direct_facts(m.transcript)) for m in group.members
+        ]
+        return ctx.store.checkpoint_facts(rows, exc.usage, ctx.llm.model, error_text(exc))
     return _record(ctx, group, result, state)
 
 
@@ -429,10 +370,10 @@ async def _record(
     state.extracted += len(group.members)
     shares = attribute(result.value, [m.transcript for m in group.members])
     rows = [
-        (m.chunk_id, m.content_hash, with_direct_facts(f, m.transcript))
+        FactsRow(m.chunk_id, m.content_hash, with_direct_facts(f, m.transcript))
         for m, f in zip(group.members, shares, strict=True)
     ]
-    await _checkpoint(ctx, rows, result)
+    await ctx.store.checkpoint_facts(rows, result.usage, result.model or ctx.llm.model)
 
 
 def direct_facts(transcript: str) -> Facts:
@@ -471,7 +412,8 @@ def with_direct_facts(facts: Facts, transcript: str) -> Facts:
 #: Share of a fact's words a chunk must hold to count as stating it in full.
 FULL_MATCH = 0.8
 _WORD = re.compile(r"[^\W_]{3,}", re.UNICODE)
-_EMPTY: LLMResult[Facts] = LLMResult(Facts(), Usage(), "none: no user text")
+#: Recorded as the model of chunks in which the user says nothing (no call made).
+_NO_USER_TEXT = "none: no user text"
 
 
 #: Every ASCII byte that cannot be part of a word becomes a space; letters,
@@ -526,53 +468,6 @@ def attribute(facts: Facts, transcripts: list[str]) -> list[Facts]:
     return out
 
 
-async def _checkpoint(
-    ctx: StageContext,
-    rows: list[tuple[str, str, Facts]],
-    result: LLMResult[Facts],
-    *,
-    error: str | None = None,
-) -> None:
-    """The facts of one call's chunks and its token usage, committed together.
-
-    The call's tokens are booked on its first chunk; writes are fenced by the
-    import's generation.
-    """
-    usage = result.usage
-    first = {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_read_tokens": usage.cache_read_tokens,
-    }
-    none = dict.fromkeys(first, 0)
-    facts_rows = [
-        {
-            "chunk_id": chunk_id,
-            "content_hash": content_hash,
-            "facts": facts.model_dump(),
-            "fact_count": facts.count(),
-            **(first if i == 0 else none),
-        }
-        for i, (chunk_id, content_hash, facts) in enumerate(rows)
-    ]
-    async with ctx.pool.connection() as conn:
-        written = await (
-            await conn.execute(
-                queries.CHECKPOINT_CHUNK_FACTS,
-                {
-                    **ctx.imp.fence(ctx.stage),
-                    "model": result.model or ctx.llm.model,
-                    "error": error,
-                    "rows": Jsonb(facts_rows),
-                    "input_tokens": usage.input_tokens,
-                    "output_tokens": usage.output_tokens,
-                },
-            )
-        ).fetchone()
-    if written is None or not written["current"]:
-        raise StaleJob()
-
-
 # --- batch mode -----------------------------------------------------------
 
 
@@ -581,7 +476,7 @@ def _batch_mode(ctx: StageContext) -> bool:
 
 
 async def _batch_phase(
-    ctx: StageContext, todo: list[tuple[str, str]], state: _MapState
+    ctx: StageContext, todo: list[ChunkRef], state: _MapState
 ) -> tuple[StageResult | None, dict[str, Any] | None]:
     """Submit, wait for, or collect the import's Message Batches.
 
@@ -591,13 +486,8 @@ async def _batch_phase(
     assert isinstance(ctx.llm, BatchProvider)
     llm: BatchProvider = ctx.llm
     poll = ctx.options.batch_poll_seconds
-    async with ctx.pool.connection() as conn:
-        row = await (
-            await conn.execute(
-                queries.RUNNING_OUTPUT, {"import_id": ctx.imp.id, "stage": ctx.stage}
-            )
-        ).fetchone()
-    batch: dict[str, Any] | None = (row["output"] if row else {}).get("batch")
+    saved = (await ctx.store.running_output()).get("batch")
+    batch = BatchState.model_validate(saved) if saved is not None else None
     if batch is None:
         ids: list[str] = []
         groups: dict[str, list[list[str]]] = {}
@@ -613,7 +503,7 @@ async def _batch_phase(
         if not ids:
             return None, None
         submitted = sum(len(g) for g in groups.values())
-        batch = {"ids": ids, "submitted": submitted, "groups": groups, "polls": 0}
+        batch = BatchState(ids=ids, submitted=submitted, groups=groups)
         logger.info(
             "submitted %s chunks in %s requests, %s batch(es)",
             submitted,
@@ -621,36 +511,36 @@ async def _batch_phase(
             len(ids),
             extra={"import_id": str(ctx.imp.id), "stage": ctx.stage},
         )
-        return StageResult(output={"batch": batch}, reschedule_in=poll), None
+        return _parked(batch, poll), None
 
-    statuses = [await llm.batch_status(batch_id) for batch_id in batch["ids"]]
+    statuses = [await llm.batch_status(batch_id) for batch_id in batch.ids]
     if any(status != "ended" for status in statuses):
-        batch["polls"] = int(batch.get("polls", 0)) + 1
-        return StageResult(output={"batch": batch}, reschedule_in=poll), None
+        batch.polls += 1
+        return _parked(batch, poll), None
 
-    groups = batch.get("groups", {})
+    groups = batch.groups
     # Chunks checkpointed by an earlier, interrupted collection are not paid twice.
-    pending = {chunk_id for chunk_id, _ in todo}
+    pending = {ref.id for ref in todo}
     succeeded = failed = 0
-    for batch_id in batch["ids"]:
+    for batch_id in batch.ids:
         async for custom_id, outcome in llm.batch_results(batch_id):
             members = groups.get(custom_id)
             if not members or members[0][0] not in pending:
                 continue
             if isinstance(outcome, LLMError):
                 failed += len(members)  # left without a checkpoint: extracted online next
-                await ctx.record_usage(outcome.usage)
+                await ctx.store.record_usage(outcome.usage)
                 continue
             succeeded += len(members)
             await _record(ctx, await _regroup(ctx, custom_id, members), outcome, state)
-        await ctx.ensure_current()
+        await ctx.store.ensure_current()
     summary = {
-        "ids": batch["ids"],
-        "submitted": batch["submitted"],
+        "ids": batch.ids,
+        "submitted": batch.submitted,
         "requests": len(groups),
         "succeeded": succeeded,
         "retried_online": failed,
-        "polls": batch.get("polls", 0),
+        "polls": batch.polls,
     }
     logger.info(
         "collected batch results: %s chunks succeeded, %s to retry online",
@@ -663,16 +553,10 @@ async def _batch_phase(
 
 async def _regroup(ctx: StageContext, custom_id: str, members: list[list[str]]) -> _Group:
     """A submitted pack rebuilt from its chunk ids (for attributing its facts)."""
-    async with ctx.pool.connection() as conn:
-        rows = await (
-            await conn.execute(
-                queries.CHUNKS_BY_ID,
-                {"import_id": ctx.imp.id, "ids": [chunk_id for chunk_id, _ in members]},
-            )
-        ).fetchall()
-    by_id = {r["id"]: _Todo.from_row(r) for r in rows}
+    texts = await ctx.store.chunk_texts([chunk_id for chunk_id, _ in members])
+    by_id = {t.id: t for t in texts}
     transcripts: list[str] = []
-    previous: _Todo | None = None
+    previous: ChunkText | None = None
     for chunk_id, _ in members:
         item = by_id.get(chunk_id)
         text = item.content if item else ""
@@ -686,6 +570,7 @@ async def _regroup(ctx: StageContext, custom_id: str, members: list[list[str]]) 
     )
 
 
-def _extraction_tier(ctx: StageContext) -> str:
-    tiers = ctx.outputs.get("chunk", {}).get("tiers") or ["medium"]
-    return "medium" if "medium" in tiers else str(tiers[0])
+def _parked(batch: BatchState, poll: float) -> StageResult:
+    """The map step waits on its batches: keep their state and look again in ``poll`` s."""
+    saved = {"batch": batch.model_dump()}
+    return StageResult(Parked(saved=saved), reschedule_in=poll)

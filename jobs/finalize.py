@@ -8,32 +8,22 @@ callback is called after that transaction, best-effort.
 
 from __future__ import annotations
 
-from jobs.context import StageContext, StageResult
-from worker import notify, queries
-from worker.db import Conn
+from jobs.context import PublishProfile, StageContext, StageResult
+from jobs.outputs import ChunkOutput, FinalizeOutput, MemoryOutput, ReduceOutput, RegenerateOutput
+from worker import notify
 
 
 async def finalize(ctx: StageContext) -> StageResult:
-    regenerated = ctx.outputs.get("regenerate", {})
-    markdown: dict[str, str] = regenerated.get("markdown", {})
-    memory_md: str = ctx.outputs.get("memory", {}).get("memory_md", "")
-    chunk_out = ctx.outputs.get("chunk", {})
-    fact_count = ctx.outputs.get("reduce", {}).get("fact_count")
-    params = {
-        "user_id": ctx.imp.user_id,
-        "soul_md": markdown.get("soul"),
-        "identity_md": markdown.get("identity"),
-        "user_md": markdown.get("user"),
-        "agents_md": markdown.get("agents"),
-        "tools_md": markdown.get("tools"),
-        "soulprint_text": regenerated.get("soulprint_text"),
-        "memory_md": memory_md,
-    }
-
-    async def commit(conn: Conn) -> None:
-        cursor = await conn.execute(queries.WRITE_PROFILE, params)
-        if cursor.rowcount == 0:
-            await conn.execute(queries.INSERT_PROFILE, params)
+    regenerated = ctx.outputs.get(RegenerateOutput)
+    memory_md = ctx.outputs.get(MemoryOutput).memory_md
+    chunked = ctx.outputs.get(ChunkOutput)
+    reduced = ctx.outputs.get(ReduceOutput)
+    publish = PublishProfile(
+        user_id=ctx.imp.user_id,
+        sections_md=dict(regenerated.markdown),
+        soulprint_text=regenerated.soulprint_text,
+        memory_md=memory_md,
+    )
 
     async def after_commit() -> None:
         await notify.completed(
@@ -42,18 +32,15 @@ async def finalize(ctx: StageContext) -> StageResult:
                 "event": "import_complete",
                 "import_id": str(ctx.imp.id),
                 "user_id": str(ctx.imp.user_id),
-                "conversation_count": chunk_out.get("conversations"),
-                "chunk_count": chunk_out.get("chunks"),
-                "fact_count": fact_count,
+                "conversation_count": chunked.conversations,
+                "chunk_count": chunked.chunks,
+                "fact_count": reduced.fact_count,
             },
         )
 
-    await ctx.report_progress(1, 1)
+    await ctx.store.report_progress(1, 1)
     return StageResult(
-        output={"published": True, "memory_chars": len(memory_md)},
-        conversation_count=chunk_out.get("conversations"),
-        chunk_count=chunk_out.get("chunks"),
-        fact_count=fact_count,
-        commit=commit,
+        FinalizeOutput(published=True, memory_chars=len(memory_md)),
+        writes=[publish],
         after_commit=after_commit,
     )

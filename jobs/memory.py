@@ -12,7 +12,8 @@ import logging
 
 from jobs.context import StageContext, StageResult
 from jobs.domain.memory import fallback_memory, normalise_memory
-from jobs.reduce import facts_from_stage_output
+from jobs.outputs import MemoryOutput, ReduceOutput
+from jobs.reduce import facts_from_reduced
 from worker.llm.base import LLMError
 from worker.redact import error_text
 
@@ -20,9 +21,9 @@ logger = logging.getLogger("fullpass.memory")
 
 
 async def memory(ctx: StageContext) -> StageResult:
-    facts = facts_from_stage_output(ctx.outputs.get("reduce", {}))
+    facts = facts_from_reduced(ctx.outputs.get(ReduceOutput).facts)
     try:
-        await ctx.ensure_current()
+        await ctx.store.ensure_current()
         result = await ctx.llm.write_memory(facts)
     except LLMError as exc:
         message = error_text(exc)
@@ -31,17 +32,17 @@ async def memory(ctx: StageContext) -> StageResult:
             message,
             extra={"import_id": str(ctx.imp.id), "stage": ctx.stage},
         )
-        text = fallback_memory(facts)
-        await ctx.report_progress(1, 1)
+        await ctx.store.record_usage(exc.usage)
+        await ctx.store.report_progress(1, 1)
         return StageResult(
-            output={"memory_md": text, "fallback": True, "error": message, "model": None}
+            MemoryOutput(memory_md=fallback_memory(facts), fallback=True, error=message, model=None)
         )
-    await ctx.record_usage(result.usage)
-    await ctx.report_progress(1, 1)
+    await ctx.store.record_usage(result.usage)
+    await ctx.store.report_progress(1, 1)
     return StageResult(
-        output={
-            "memory_md": normalise_memory(result.value, facts),
-            "fallback": False,
-            "model": result.model or ctx.llm.model,
-        }
+        MemoryOutput(
+            memory_md=normalise_memory(result.value, facts),
+            fallback=False,
+            model=result.model or ctx.llm.model,
+        )
     )

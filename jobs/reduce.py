@@ -12,8 +12,8 @@ default) does the model consolidate them, in ~50K-token batches, recursively.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from jobs.context import StageContext, StageResult
@@ -29,7 +29,7 @@ from jobs.domain.facts import (
     text_of,
     with_note,
 )
-from worker import queries
+from jobs.outputs import ReduceOutput
 
 MAX_ROUNDS = 6
 
@@ -120,39 +120,31 @@ def facts_from_json(facts: Facts, *, date: str | None, source: str | None) -> li
 
 async def reduce(ctx: StageContext) -> StageResult:
     facts = FactSet()
-    async with ctx.pool.connection() as conn:
-        cursor = await conn.execute(queries.CHUNK_FACTS_WITH_DATES, {"import_id": ctx.imp.id})
-        n_chunks = 0
-        async for row in cursor:
-            n_chunks += 1
-            when: datetime | None = row["created_at"]
-            parsed = Facts.model_validate(row["facts"] or {})
-            for fact in facts_from_json(
-                parsed, date=when.date().isoformat() if when else None, source=row["chunk_id"]
-            ):
-                facts.add(fact)
+    n_chunks = 0
+    async for row in ctx.store.chunk_facts():
+        n_chunks += 1
+        when = row.created_at.date().isoformat() if row.created_at else None
+        for fact in facts_from_json(row.facts, date=when, source=row.chunk_id):
+            facts.add(fact)
     merged = len(facts)
-    max_tokens = ctx.options.reduce_max_tokens
-    batch_tokens = ctx.options.reduce_batch_tokens
     rounds = 0
-    while facts.tokens() > max_tokens and rounds < MAX_ROUNDS:
+    while facts.tokens() > ctx.options.reduce_max_tokens and rounds < MAX_ROUNDS:
         rounds += 1
-        smaller = await _consolidate(ctx, facts, batch_tokens)
+        smaller = await _consolidate(ctx, facts, ctx.options.reduce_batch_tokens)
         if len(smaller) >= len(facts):
             break  # the model no longer shrinks the set: stop rather than loop
         facts = smaller
-        await ctx.ensure_current()
-    await ctx.report_progress(1, 1)
+        await ctx.store.ensure_current()
+    await ctx.store.report_progress(1, 1)
     return StageResult(
-        output={
-            "facts": facts.to_json(),
-            "fact_count": len(facts),
-            "merged_from_chunks": n_chunks,
-            "after_dedup": merged,
-            "consolidation_rounds": rounds,
-            "tokens": facts.tokens(),
-        },
-        fact_count=len(facts),
+        ReduceOutput(
+            facts=facts.to_json(),
+            fact_count=len(facts),
+            merged_from_chunks=n_chunks,
+            after_dedup=merged,
+            consolidation_rounds=rounds,
+            tokens=facts.tokens(),
+        )
     )
 
 
@@ -172,13 +164,13 @@ async def _consolidate(ctx: StageContext, facts: FactSet, batch_tokens: int) -> 
         part = FactSet()
         for fact in batch:
             part.add(fact)
-        await ctx.ensure_current()
+        await ctx.store.ensure_current()
         result = await ctx.llm.consolidate(part.to_facts())
-        await ctx.record_usage(result.usage)
+        await ctx.store.record_usage(result.usage)
         for fact in facts_from_json(result.value, date=None, source=None):
             _inherit(fact, batch)
             out.add(fact)
-        await ctx.report_progress(i, len(batches))
+        await ctx.store.report_progress(i, len(batches))
     return out
 
 
@@ -201,10 +193,11 @@ def _inherit(fact: Fact, originals: list[Fact]) -> None:
         fact.date = max((o.date for o in best if o.date), default=None)
 
 
-def facts_from_stage_output(output: dict[str, Any]) -> Facts:
-    """The reduce checkpoint's facts as the plain fact JSON later stages send to the model."""
+def facts_from_reduced(reduced: Mapping[str, list[dict[str, Any]]]) -> Facts:
+    """Reduced facts (:meth:`FactSet.to_json`, ``ReduceOutput.facts``) as the plain
+    fact JSON later stages send to the model."""
     facts = FactSet()
-    for key, items in (output.get("facts") or {}).items():
+    for key, items in reduced.items():
         category = BY_KEY.get(key)
         if category is None:
             continue

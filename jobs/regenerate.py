@@ -9,12 +9,11 @@ with a 15 % margin).
 
 from __future__ import annotations
 
-from typing import Any
-
 from jobs.context import StageContext, StageResult
 from jobs.domain.sections import SECTION_NAMES, Sections
 from jobs.extract import condense_transcript
-from worker import queries
+from jobs.outputs import ExtractOutput, MemoryOutput, RegenerateOutput
+from worker.store import ScoredConversation
 
 RESERVED_TOKENS = 16_000  # system prompt, instructions and the answer
 SAFETY = 0.85
@@ -26,26 +25,26 @@ def sample_budget_chars(memory_md: str, window: int) -> int:
 
 
 async def regenerate(ctx: StageContext) -> StageResult:
-    memory_md: str = ctx.outputs.get("memory", {}).get("memory_md", "")
-    tier = ctx.outputs.get("extract", {}).get("tier", "medium")
-    limit = ctx.options.sample_conversations
-    window = ctx.options.context_window_tokens
-    samples = await _samples(ctx, tier, limit, sample_budget_chars(memory_md, window))
-    await ctx.ensure_current()
+    memory_md = ctx.outputs.get(MemoryOutput).memory_md
+    tier = ctx.outputs.get(ExtractOutput).tier
+    budget = sample_budget_chars(memory_md, ctx.options.context_window_tokens)
+    conversations = await ctx.store.sample_conversations(tier, ctx.options.sample_conversations)
+    samples = condensed_samples(conversations, budget)
+    await ctx.store.ensure_current()
     result = await ctx.llm.write_sections(memory_md, samples)
-    await ctx.record_usage(result.usage)
+    await ctx.store.record_usage(result.usage)
     sections = result.value
     rendered = render_sections(sections)
-    await ctx.report_progress(1, 1)
+    await ctx.store.report_progress(1, 1)
     return StageResult(
-        output={
-            "sections": sections.model_dump(),
-            "markdown": rendered,
-            "soulprint_text": soulprint(rendered, memory_md),
-            "sampled_conversations": len(samples),
-            "sample_chars": sum(len(s) for s in samples),
-            "model": result.model or ctx.llm.model,
-        }
+        RegenerateOutput(
+            sections=sections.model_dump(),
+            markdown=rendered,
+            soulprint_text=soulprint(rendered, memory_md),
+            sampled_conversations=len(samples),
+            sample_chars=sum(len(s) for s in samples),
+            model=result.model or ctx.llm.model,
+        )
     )
 
 
@@ -60,41 +59,21 @@ def soulprint(rendered: dict[str, str], memory_md: str) -> str:
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-async def _samples(ctx: StageContext, tier: str, limit: int, budget_chars: int) -> list[str]:
-    async with ctx.pool.connection() as conn:
-        ranked = await (
-            await conn.execute(
-                queries.CONVERSATION_SCORES,
-                {"import_id": ctx.imp.id, "tier": tier, "limit": limit},
-            )
-        ).fetchall()
-        if not ranked:
-            return []
-        ids = [r["conversation_id"] for r in ranked]
-        rows = await (
-            await conn.execute(
-                queries.CONVERSATION_TEXT,
-                {"import_id": ctx.imp.id, "tier": tier, "conversation_ids": ids},
-            )
-        ).fetchall()
-    texts: dict[str, list[str]] = {}
-    for row in rows:
-        texts.setdefault(row["conversation_id"], []).append(row["content"])
-    per_conversation = max(200, budget_chars // len(ranked))
+def condensed_samples(conversations: list[ScoredConversation], budget_chars: int) -> list[str]:
+    """Each conversation condensed to the user's words, cut to a fair share of the budget."""
+    if not conversations:
+        return []
+    per_conversation = max(200, budget_chars // len(conversations))
     samples: list[str] = []
     used = 0
-    for r in ranked:
-        body = condense_transcript("\n".join(texts.get(r["conversation_id"], [])))
+    for conv in conversations:
+        body = condense_transcript("\n".join(conv.contents))
         if not body:
             continue
-        sample = _header(r) + body[:per_conversation]
+        when = conv.created_at.date().isoformat() if conv.created_at else "undated"
+        sample = f"### {conv.title or 'Untitled'} ({when})\n" + body[:per_conversation]
         if used + len(sample) > budget_chars:
             break
         samples.append(sample)
         used += len(sample)
     return samples
-
-
-def _header(row: dict[str, Any]) -> str:
-    when = row["created_at"].date().isoformat() if row["created_at"] else "undated"
-    return f"### {row['title'] or 'Untitled'} ({when})\n"

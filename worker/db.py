@@ -26,17 +26,6 @@ def resolve_dsn(settings: Settings) -> str:
     return embedded.ensure_server(settings.home)
 
 
-def sqlalchemy_url(dsn: str) -> str:
-    """The same DSN spelled for SQLAlchemy (alembic) with the psycopg 3 driver."""
-    for prefix in ("postgresql://", "postgres://"):
-        if dsn.startswith(prefix):
-            return "postgresql+psycopg://" + dsn[len(prefix) :]
-    if "://" not in dsn:
-        # key=value DSN: psycopg understands it, SQLAlchemy needs a URL.
-        return "postgresql+psycopg:///?" + "&".join(dsn.split())
-    return dsn
-
-
 @asynccontextmanager
 async def connect(dsn: str, *, autocommit: bool = True) -> AsyncIterator[Conn]:
     """A short-lived connection returning rows as dicts."""

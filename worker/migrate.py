@@ -69,9 +69,11 @@ def current(dsn: str) -> str | None:
     """The revision the database is at (None before the first migration)."""
     import psycopg
 
+    from worker import queries
+
     with psycopg.connect(dsn) as conn:
-        exists = conn.execute("select to_regclass('public.alembic_version')").fetchone()
+        exists = conn.execute(queries.ALEMBIC_TABLE).fetchone()
         if not exists or exists[0] is None:
             return None
-        row = conn.execute("select version_num from alembic_version").fetchone()
+        row = conn.execute(queries.ALEMBIC_REVISION).fetchone()
         return str(row[0]) if row else None

@@ -382,7 +382,6 @@ SELECT p.memory_md FROM public.user_profiles p
  WHERE i.id = %(import_id)s
 """
 
-SQL_STAGES: LiteralString = "SELECT stage FROM public.fullpass_stages() ORDER BY position"
 
 # --- maintenance -------------------------------------------------------------
 
@@ -417,12 +416,32 @@ SELECT id, status, stage, updated_at FROM public.imports
 
 # --- the queue -------------------------------------------------------------
 
+#: procrastinate's heartbeat, sent on the worker's own connection. Its
+#: versioned function name changes between procrastinate releases: follow it
+#: here when the pinned version moves.
+UPDATE_HEARTBEAT: LiteralString = "SELECT procrastinate_update_heartbeat_v1(%(worker_id)s)"
+
+WORKER_REGISTERED: LiteralString = """
+SELECT EXISTS (SELECT 1 FROM public.procrastinate_workers WHERE id = %(worker_id)s)
+"""
+
+#: Seconds since the server started: nobody could heartbeat while it was down.
+SERVER_UPTIME: LiteralString = """
+SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8 AS uptime
+"""
+
 #: Who runs a job now (a worker checks before it writes the job's end).
 JOB_OWNER: LiteralString = """
 SELECT status, worker_id FROM public.procrastinate_jobs WHERE id = %(job_id)s
 """
 
 # --- migrations -----------------------------------------------------------
+
+DATABASE_EXISTS: LiteralString = "SELECT 1 FROM pg_database WHERE datname = %(name)s"
+
+ALEMBIC_TABLE: LiteralString = "SELECT to_regclass('public.alembic_version')"
+
+ALEMBIC_REVISION: LiteralString = "SELECT version_num FROM public.alembic_version"
 
 OPTIONS_SCHEMA_TABLE: LiteralString = "SELECT to_regclass('public.fullpass_options_schema')"
 

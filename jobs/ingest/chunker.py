@@ -42,7 +42,6 @@ _LABELS: Final[Mapping[tuple[Role, MessageKind], str]] = {
     ("assistant", "instructions"): "Custom instructions",
 }
 _CONTINUED: Final = " (continued): "
-_LONGEST_PREFIX: Final = max(len(label) for label in _LABELS.values()) + len(_CONTINUED)
 _MESSAGE_SEPARATOR: Final = "\n\n"
 #: The end of a line or of a sentence (closing quotes and brackets stay with it).
 _BOUNDARY = re.compile(
@@ -67,9 +66,6 @@ class ChunkConfig:
     tiers: tuple[Tier, ...] = ("medium",)
     #: A conversation updated within this many days counts as recent (``is_recent``).
     recent_days: int = 183
-    #: Per-message cap applied by the extract stage when it builds LLM prompts;
-    #: stored chunks keep the full text.
-    max_message_chars: int = 5000
 
     def __post_init__(self) -> None:
         if self.target_tokens < MIN_TARGET_TOKENS:

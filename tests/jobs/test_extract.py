@@ -28,6 +28,7 @@ from tests.fakes.plugin import anthropic_provider
 from tests.helpers import drive, import_row, stage_rows, submit
 from worker import runner
 from worker.settings import Settings
+from worker.store import Store
 
 
 def test_condense_keeps_user_words_and_trims_assistant_turns() -> None:
@@ -51,7 +52,7 @@ def _settings(db_dsn: str, tmp_path: Path, fake: FakeAnthropicServer, **kw: Any)
 
 
 async def _deps(settings: Settings, pool: AsyncConnectionPool[Any]) -> runner.Deps:
-    return runner.Deps(settings=settings, pool=pool, llm=anthropic_provider(settings))
+    return runner.Deps(settings=settings, store=Store(pool), llm=anthropic_provider(settings))
 
 
 async def test_resume_after_interruption_never_pays_twice_for_a_chunk(
@@ -298,9 +299,10 @@ async def test_a_deeply_nested_answer_costs_its_chunk_not_the_import(
 ) -> None:
     settings = _settings(db_dsn, tmp_path, fake_anthropic)
     deps = await _deps(settings, pool)
-    # The first call's answer and its corrective retry both nest 3,000 levels deep.
+    # The first call's answer and its corrective retry both nest 3,000 levels deep
+    # (one call at a time, so that both faults hit the same call).
     fake_anthropic.inject(Fault("deep_nesting", only="extract"), times=2)
-    import_id = submit(settings, USER_A)
+    import_id = submit(settings, USER_A, options='{"concurrency": 1}')
     await drive(deps, db_dsn, import_id, until="extract")
     stages = query(
         db_dsn,

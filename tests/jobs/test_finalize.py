@@ -16,6 +16,7 @@ from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault
 from tests.fakes.plugin import anthropic_provider
 from tests.helpers import drive, import_row, stage_rows, submit
 from worker import queries, runner
+from worker.store import Store
 
 HEADINGS = [f"## {s}" for s in MEMORY_SECTIONS]
 
@@ -31,7 +32,7 @@ def deps(
     settings = make_settings(
         db_dsn, tmp_path, **fake_anthropic.settings_env(), FULLPASS_LLM_MAX_RETRIES=1
     )
-    return runner.Deps(settings=settings, pool=pool, llm=anthropic_provider(settings))
+    return runner.Deps(settings=settings, store=Store(pool), llm=anthropic_provider(settings))
 
 
 async def test_memory_has_exactly_the_five_sections(deps: runner.Deps, db_dsn: str) -> None:

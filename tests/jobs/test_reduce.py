@@ -8,12 +8,13 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from jobs.domain.facts import BY_KEY, DateFact, Decision, Project, normalise
-from jobs.reduce import Fact, FactSet, facts_from_stage_output
+from jobs.reduce import Fact, FactSet, facts_from_reduced
 from tests.conftest import USER_A, make_settings
 from tests.fakes.fake_anthropic import FakeAnthropicServer
 from tests.fakes.plugin import anthropic_provider
 from tests.helpers import drive, import_row, stage_rows, submit
 from worker import runner
+from worker.store import Store
 
 
 def test_normalised_duplicates_merge_and_keep_every_source() -> None:
@@ -52,7 +53,7 @@ def test_stage_output_round_trips() -> None:
     dates, decisions = BY_KEY["dates"], BY_KEY["decisions"]
     s.add(Fact(dates, DateFact(event="Marathon", date="2025-10-12"), "2025-01-01", ["c9"]))
     s.add(Fact(decisions, Decision(decision="Move to Postgres", context="joins"), None, ["c1"]))
-    back = facts_from_stage_output({"facts": s.to_json()})
+    back = facts_from_reduced(s.to_json())
     assert back.dates[0].date == "2025-10-12"
     assert back.decisions[0].context == "joins"
 
@@ -61,7 +62,7 @@ async def test_consolidation_runs_only_above_the_threshold(
     db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any], fake_anthropic: FakeAnthropicServer
 ) -> None:
     settings = make_settings(db_dsn, tmp_path, **fake_anthropic.settings_env())
-    deps = runner.Deps(settings=settings, pool=pool, llm=anthropic_provider(settings))
+    deps = runner.Deps(settings=settings, store=Store(pool), llm=anthropic_provider(settings))
     small = submit(
         settings, USER_A, options='{"reduce_max_tokens": 300, "reduce_batch_tokens": 200}'
     )

@@ -28,6 +28,7 @@ from worker.llm.base import ExtractionInput, LLMResult
 from worker.llm.offline import OfflineProvider
 from worker.settings import Settings
 from worker.stages import STAGES
+from worker.store import Store
 
 WEIGHTS = {
     "download": 3,
@@ -42,7 +43,7 @@ WEIGHTS = {
 
 @pytest.fixture
 def deps(settings: Settings, pool: AsyncConnectionPool[Any]) -> runner.Deps:
-    return runner.Deps(settings=settings, pool=pool, llm=OfflineProvider())
+    return runner.Deps(settings=settings, store=Store(pool), llm=OfflineProvider())
 
 
 def _assert_complete(dsn: str, import_id: uuid.UUID) -> None:
@@ -186,7 +187,7 @@ async def test_a_job_that_lost_its_lease_stops_and_books_what_it_spent(
     settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
 ) -> None:
     provider = HandOverProvider(db_dsn)
-    deps = runner.Deps(settings=settings, pool=pool, llm=provider)
+    deps = runner.Deps(settings=settings, store=Store(pool), llm=provider)
     import_id = submit(settings, USER_A, options='{"concurrency": 3, "pack_tokens": 500}')
     await drive(deps, db_dsn, import_id, until="extract")
     # The calls already in flight finished; none started after the hand-over.
