@@ -168,7 +168,8 @@ def test_chatgpt_skip_rules_and_kept_specials() -> None:
     ]
     conv, stats = one(gpt_conversation(chain))
     assert texts(conv) == [
-        ("user", "instructions", "I am a botanist.\nAnswer briefly."),
+        ("user", "instructions", "I am a botanist."),
+        ("user", "instructions", "Answer briefly."),
         ("user", "text", "visible question"),
         ("assistant", "memory", "User likes ferns."),
         ("user", "text", "what is this plant?\nspoken words"),
