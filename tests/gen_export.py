@@ -70,6 +70,8 @@ LAST_DAY: Final = datetime(2026, 3, 1, tzinfo=UTC)
 #: Custom instructions exist from this day; ChatGPT wraps them from the second.
 INSTRUCTIONS_SINCE: Final = datetime(2023, 7, 20, tzinfo=UTC)
 INSTRUCTIONS_WRAPPED_SINCE: Final = datetime(2024, 2, 1, tzinfo=UTC)
+#: The date stamped on every ZIP member.
+ZIP_DATE: Final = (2026, 1, 1, 0, 0, 0)
 #: What Claude's root messages name as their parent.
 CLAUDE_ROOT: Final = "00000000-0000-4000-8000-000000000000"
 
@@ -178,8 +180,7 @@ PROFILES: Final = (
 )
 INSTRUCTIONS: Final = (
     "Answer in British English.\nKeep answers under 300 words unless asked otherwise.",
-    "Be direct. Skip the pleasantries.\nWhen showing code, use fenced blocks such as\n"
-    "```python\nprint('like this')\n```\nand name the file first.",
+    "Be direct and skip the pleasantries.\nName the file before showing any code.",
 )
 #: ChatGPT's own words around the user's custom instructions.
 PROFILE_WRAPPER: Final = (
@@ -318,16 +319,52 @@ def filler(rng: random.Random, n: int) -> str:
     return text + "."
 
 
-def planted_fact(rng: random.Random) -> tuple[Category, str]:
+class Persona:
+    """The person behind every conversation, consistent from one conversation to the next.
+
+    Their projects keep one stack and their dates one day, as a real person's
+    do; ChatGPT knows their custom instructions and, over time, saves memories.
+    """
+
+    def __init__(self, seed: int) -> None:
+        rng = random.Random(f"{seed}:persona")
+        self.stack_of = {project: rng.choice(STACKS) for project in PROJECTS}
+        self.date_of = {event: random_day(rng) for event in EVENTS}
+        self.profile = rng.choice(PROFILES)
+        self.instructions = rng.choice(INSTRUCTIONS)
+        span = (LAST_DAY - FIRST_DAY).days
+        days = sorted(rng.sample(range(60, span), len(MEMORIES)))
+        self.memories = [
+            (FIRST_DAY + timedelta(days=d), text)
+            for d, text in zip(days, rng.sample(MEMORIES, len(MEMORIES)), strict=True)
+        ]
+
+    def memories_at(self, when: float) -> list[tuple[datetime, str]]:
+        """The memories ChatGPT had saved by then."""
+        return [(day, text) for day, text in self.memories if day.timestamp() <= when]
+
+
+def random_day(rng: random.Random) -> datetime:
+    return FIRST_DAY + timedelta(days=rng.randint(-900, 1500))
+
+
+def planted_fact(rng: random.Random, persona: Persona | None) -> tuple[Category, str]:
+    """A fact sentence; the persona's own details, or (``None``) details chosen at random.
+
+    Decoys take random details: an edited-away message often held what the
+    user then corrected.
+    """
     category = rng.choice(CATEGORIES)
     if category == "preferences":
         return category, f"I really prefer {rng.choice(PREFERENCES)}."
     if category == "projects":
-        project, stack = rng.choice(PROJECTS), rng.choice(STACKS)
+        project = rng.choice(PROJECTS)
+        stack = persona.stack_of[project] if persona else rng.choice(STACKS)
         return category, f"I'm building {project}, a side project written with {stack}."
     if category == "dates":
-        day = FIRST_DAY + timedelta(days=rng.randint(-900, 1500))
-        return category, f"My {rng.choice(EVENTS)} is on {day:%B %d, %Y}."
+        event = rng.choice(EVENTS)
+        day = persona.date_of[event] if persona else random_day(rng)
+        return category, f"My {event} is on {day:%B %d, %Y}."
     if category == "beliefs":
         return category, f"I strongly believe {rng.choice(BELIEFS)}."
     decision, reason = rng.choice(DECISIONS)
@@ -350,9 +387,10 @@ def with_sentence(rng: random.Random, body: str, sentence: str) -> str:
 class ScriptWriter:
     """Writes the script of conversation ``index``: its turns, facts and decoys."""
 
-    def __init__(self, seed: int, index: int, fact_rate: float) -> None:
+    def __init__(self, seed: int, index: int, fact_rate: float, persona: Persona) -> None:
         self.rng = random.Random(f"{seed}:script:{index}")
         self.fact_rate = fact_rate
+        self.persona = persona
         rng = self.rng
         span = (LAST_DAY - FIRST_DAY).total_seconds()
         created = FIRST_DAY.timestamp() + rng.uniform(0, span)
@@ -382,7 +420,8 @@ class ScriptWriter:
         return turn
 
     def _plant(self, into: list[Planted]) -> str:
-        category, sentence = planted_fact(self.rng)
+        persona = self.persona if into is self.script.facts else None
+        category, sentence = planted_fact(self.rng, persona)
         into.append(Planted(self.script.id, category, sentence))
         return sentence
 
@@ -436,25 +475,6 @@ class ScriptWriter:
             if rng.random() < 0.6:
                 turn.text = ""  # the artifact is the whole answer
         return turn
-
-
-class Persona:
-    """The account behind every conversation: custom instructions and saved memories."""
-
-    def __init__(self, seed: int) -> None:
-        rng = random.Random(f"{seed}:persona")
-        self.profile = rng.choice(PROFILES)
-        self.instructions = rng.choice(INSTRUCTIONS)
-        span = (LAST_DAY - FIRST_DAY).days
-        days = sorted(rng.sample(range(60, span), len(MEMORIES)))
-        self.memories = [
-            (FIRST_DAY + timedelta(days=d), text)
-            for d, text in zip(days, rng.sample(MEMORIES, len(MEMORIES)), strict=True)
-        ]
-
-    def memories_at(self, when: float) -> list[tuple[datetime, str]]:
-        """The memories ChatGPT had saved by then."""
-        return [(day, text) for day, text in self.memories if day.timestamp() <= when]
 
 
 # --------------------------------------------------------------------------- ChatGPT
@@ -590,13 +610,12 @@ class ChatGPTRenderer:
             if style == "numbered":
                 lines.append(f"{n}. [{date}]. {text}\n")
             elif style == "bulleted":
-                lines.append(f"- {text.rstrip('.')} ({date})")
+                lines.append(f"- {text} ({date})")
             else:
                 lines.append(text)
                 date = None
-            stored = text.rstrip(".") if style == "bulleted" else text
             self.truth.memories.append(
-                {"conversation_id": self.script.id, "text": stored, "date": date}
+                {"conversation_id": self.script.id, "text": text, "date": date}
             )
         heading = (
             "# Model Set Context\n\n" if style == "numbered" and self.rng.random() < 0.3 else ""
@@ -863,7 +882,7 @@ def iter_conversations(options: Options, truth: Truth) -> Iterator[dict[str, Any
     persona = Persona(options.seed)
     index = 0
     while options.target_mb is not None or index < options.conversations:
-        script = ScriptWriter(options.seed, index, options.fact_rate).write()
+        script = ScriptWriter(options.seed, index, options.fact_rate, persona).write()
         rng = random.Random(f"{options.seed}:{options.fmt}:{index}")
         rendered: dict[str, Any]
         if options.fmt == "chatgpt":
@@ -932,17 +951,20 @@ def write_export(
         else:
             Path(out).write_text(json_list(items), encoding="utf-8")
         return truth
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        if shards > 0:
-            step = -(-len(items) // shards)
-            for k in range(shards):
-                archive.writestr(
-                    f"conversations-{k:03d}.json", json_list(items[k * step : (k + 1) * step])
-                )
-        else:
-            archive.writestr("conversations.json", json_list(items))
-        for name, data in ACCOUNT_FILES[options.fmt].items():
-            archive.writestr(name, data)
+    members: dict[str, str] = {}
+    if shards > 0:
+        step = -(-len(items) // shards)
+        for k in range(shards):
+            members[f"conversations-{k:03d}.json"] = json_list(items[k * step : (k + 1) * step])
+    else:
+        members["conversations.json"] = json_list(items)
+    members.update(ACCOUNT_FILES[options.fmt])
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in members.items():
+            # A fixed date: the same options give the same bytes (the bundled sample is rebuilt).
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
     return truth
 
 

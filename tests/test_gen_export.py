@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -86,3 +87,21 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         capture_output=True,
     )
     assert module.stdout == out.read_bytes()
+
+
+def test_the_bundled_sample_is_what_make_sample_writes(tmp_path: Path) -> None:
+    """``worker/samples/sample-export.zip`` is rebuilt by ``make sample``, never edited by hand."""
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    recipe = next(line for line in makefile.splitlines() if "-m tests.gen_export" in line)
+    args = shlex.split(recipe.split("-m tests.gen_export", 1)[1])
+    out = args.index("-o")
+    assert args[out + 1] == "$(SAMPLE)" and "SAMPLE := worker/samples/sample-export.zip" in makefile
+    args[out + 1] = str(tmp_path / "sample.zip")
+    assert main(args) == 0
+    with (
+        zipfile.ZipFile(tmp_path / "sample.zip") as rebuilt,
+        zipfile.ZipFile(REPO / "worker" / "samples" / "sample-export.zip") as bundled,
+    ):
+        assert rebuilt.namelist() == bundled.namelist()
+        for name in bundled.namelist():
+            assert rebuilt.read(name) == bundled.read(name), name
