@@ -436,8 +436,8 @@ class ScriptWriter:
         """A user turn; now and then with a pasted text or document (the fact may be in it).
 
         A turn with a paste says little itself ("summarise this"), sometimes
-        nothing: pasted material adds to the user's share of the text, which
-        stays close to a third, as in real histories.
+        nothing, so that user text stays about a third of all the text: the
+        benchmarks' token ratios depend on that share.
         """
         rng = self.rng
         paste = self._paste() if rng.random() < 0.04 else None
@@ -450,7 +450,7 @@ class ScriptWriter:
             if paste is not None and (not body or rng.random() < 0.5):
                 paste = Paste(paste.name, paste.kind, with_sentence(rng, paste.text, fact))
             else:
-                body = with_sentence(rng, body, fact) if body else fact
+                body = with_sentence(rng, body, fact)
         turn = self._add(parent, "user", body)
         turn.paste = paste
         turn.image = paste is None and rng.random() < 0.05
@@ -680,42 +680,56 @@ class ChatGPTRenderer:
         return ". ".join(sentences)
 
     def _tool_clutter(self, parent: str) -> str:
-        """Nodes between a question and its answer: tools, reasoning, memory, browsing."""
-        rng = self.rng
-        r = rng.random()
-        if r < 0.06:
-            code = {"content_type": "code", "language": "python", "text": "print(sum(range(10)))"}
-            parent = self._node(parent, self._raw("assistant", code, None, recipient="python"))
-            result = {"content_type": "execution_output", "text": "45"}
-            parent = self._node(parent, self._raw("tool", result, None, name="python"))
-        elif r < 0.10:
-            thoughts = {
-                "content_type": "thoughts",
-                "thoughts": [{"summary": "Planning", "content": filler(rng, 25)}],
-                "source_analysis_msg_id": new_uuid(rng),
-            }
-            parent = self._node(parent, self._raw("assistant", thoughts, None))
-            recap = {"content_type": "reasoning_recap", "content": "Thought for 7 seconds"}
-            parent = self._node(parent, self._raw("assistant", recap, None))
-        elif r < 0.15 and self.said:
-            # ChatGPT's memory tool: the assistant saves what the user said.
-            said = chatgpt_text([f"User said: {self.said[-1]}"])
-            parent = self._node(parent, self._raw("assistant", said, None, recipient="bio"))
-            done = chatgpt_text(["Model set context updated."])
-            parent = self._node(parent, self._raw("tool", done, None, name="bio"))
-        elif r < 0.18:
-            quote = {
-                "content_type": "tether_quote",
-                "url": "https://example.org/article",
-                "domain": "example.org",
-                "text": filler(rng, 40),
-                "title": "An article",
-            }
-            parent = self._node(parent, self._raw("tool", quote, None, name="browser"))
-        elif r < 0.20:
-            empty = chatgpt_text([""])
-            parent = self._node(parent, self._raw("assistant", empty, None, weight=0.0))
+        """Now and then, nodes between a question and its answer; returns the last one."""
+        clutter = self.rng.choices(
+            (self._code_run, self._reasoning, self._memory_save, self._browsing, self._muted, None),
+            weights=(6, 4, 5, 3, 2, 80),
+        )[0]
+        for message in clutter() if clutter else []:
+            parent = self._node(parent, message)
         return parent
+
+    def _code_run(self) -> list[dict[str, Any]]:
+        code = {"content_type": "code", "language": "python", "text": "print(sum(range(10)))"}
+        result = {"content_type": "execution_output", "text": "45"}
+        return [
+            self._raw("assistant", code, None, recipient="python"),
+            self._raw("tool", result, None, name="python"),
+        ]
+
+    def _reasoning(self) -> list[dict[str, Any]]:
+        thoughts = {
+            "content_type": "thoughts",
+            "thoughts": [{"summary": "Planning", "content": filler(self.rng, 25)}],
+            "source_analysis_msg_id": new_uuid(self.rng),
+        }
+        recap = {"content_type": "reasoning_recap", "content": "Thought for 7 seconds"}
+        return [self._raw("assistant", thoughts, None), self._raw("assistant", recap, None)]
+
+    def _memory_save(self) -> list[dict[str, Any]]:
+        """ChatGPT's memory tool (``bio``) saving the last fact the user stated, if any."""
+        if not self.said:
+            return []
+        said = chatgpt_text([f"User said: {self.said[-1]}"])
+        done = chatgpt_text(["Model set context updated."])
+        return [
+            self._raw("assistant", said, None, recipient="bio"),
+            self._raw("tool", done, None, name="bio"),
+        ]
+
+    def _browsing(self) -> list[dict[str, Any]]:
+        quote = {
+            "content_type": "tether_quote",
+            "url": "https://example.org/article",
+            "domain": "example.org",
+            "text": filler(self.rng, 40),
+            "title": "An article",
+        }
+        return [self._raw("tool", quote, None, name="browser")]
+
+    def _muted(self) -> list[dict[str, Any]]:
+        """An empty assistant message of weight 0, as regenerations leave behind."""
+        return [self._raw("assistant", chatgpt_text([""]), None, weight=0.0)]
 
 
 def inline_text(turn: Turn, *, paste: bool = True) -> str:
