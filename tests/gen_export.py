@@ -54,7 +54,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import IO, Any, Final, Literal, get_args
 
 Format = Literal["chatgpt", "claude", "simplified"]
 Role = Literal["user", "assistant"]
@@ -393,7 +393,7 @@ class ScriptWriter:
         self.persona = persona
         rng = self.rng
         span = (LAST_DAY - FIRST_DAY).total_seconds()
-        created = FIRST_DAY.timestamp() + rng.uniform(0, span)
+        created = round(FIRST_DAY.timestamp() + rng.uniform(0, span), 6)
         title = "" if rng.random() < 0.02 else " ".join(rng.sample(FILLER[20:], 3)).title()
         if rng.random() < 0.03:
             title += f" {rng.choice(NON_ASCII)}"
@@ -929,22 +929,30 @@ def generate(
     return Export(fmt, list(iter_conversations(options, truth)), truth)
 
 
-def serialised(options: Options, truth: Truth) -> list[str]:
-    """Each conversation as JSON text, up to the count or the target size."""
+def serialised(options: Options, truth: Truth) -> list[bytes]:
+    """Each conversation as UTF-8 JSON, up to the count or the target size.
+
+    Bytes, not str: one emoji makes Python store a whole string at four bytes a
+    character, and a 90 MB export is held here before it is written.
+    """
     target = int(options.target_mb * MB) if options.target_mb is not None else None
-    out: list[str] = []
+    out: list[bytes] = []
     size = 0
     for conversation in iter_conversations(options, truth):
-        text = json.dumps(conversation, ensure_ascii=False)
-        out.append(text)
-        size += len(text.encode("utf-8")) + 2
+        out.append(json.dumps(conversation, ensure_ascii=False).encode("utf-8"))
+        size += len(out[-1]) + 2
         if target is not None and size >= target:
             break
     return out
 
 
-def json_list(items: Sequence[str]) -> str:
-    return "[" + ",\n".join(items) + "]"
+def write_json_list(sink: IO[bytes], items: Sequence[bytes]) -> None:
+    """``items`` as one JSON list, written piece by piece (never joined in memory)."""
+    sink.write(b"[")
+    for i, item in enumerate(items):
+        sink.write(b",\n" if i else b"")
+        sink.write(item)
+    sink.write(b"]")
 
 
 def write_export(
@@ -961,25 +969,31 @@ def write_export(
     items = serialised(options, truth)
     if not zipped:
         if str(out) == "-":
-            sys.stdout.write(json_list(items))
+            write_json_list(sys.stdout.buffer, items)
         else:
-            Path(out).write_text(json_list(items), encoding="utf-8")
+            with Path(out).open("wb") as sink:
+                write_json_list(sink, items)
         return truth
-    members: dict[str, str] = {}
+    members: dict[str, Sequence[bytes]] = {"conversations.json": items}
     if shards > 0:
         step = -(-len(items) // shards)
-        for k in range(shards):
-            members[f"conversations-{k:03d}.json"] = json_list(items[k * step : (k + 1) * step])
-    else:
-        members["conversations.json"] = json_list(items)
-    members.update(ACCOUNT_FILES[options.fmt])
+        members = {
+            f"conversations-{k:03d}.json": items[k * step : (k + 1) * step] for k in range(shards)
+        }
     with zipfile.ZipFile(out, "w") as archive:
-        for name, data in members.items():
-            # A fixed date: the same options give the same bytes (the bundled sample is rebuilt).
-            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, data)
+        for name, shard in members.items():
+            with archive.open(zip_info(name), "w") as sink:
+                write_json_list(sink, shard)
+        for name, data in ACCOUNT_FILES[options.fmt].items():
+            archive.writestr(zip_info(name), data)
     return truth
+
+
+def zip_info(name: str) -> zipfile.ZipInfo:
+    """A member stamped with a fixed date: the same options give the same bytes."""
+    info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
 
 
 ACCOUNT_FILES: Final[dict[Format, dict[str, str]]] = {
