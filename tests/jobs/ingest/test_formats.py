@@ -75,13 +75,14 @@ def test_chatgpt_follows_current_node_and_ignores_abandoned_branches() -> None:
 
 def test_chatgpt_edited_message_branch_is_dropped() -> None:
     chain = [gpt_message("user", "q1"), gpt_message("assistant", "a1"), gpt_message("user", "q2")]
-    conv, _ = one(
+    conv, stats = one(
         gpt_conversation(
             chain,
             branches={1: [gpt_message("user", "DECOY edit"), gpt_message("assistant", "DECOY")]},
         )
     )
     assert [m.text for m in conv.messages] == ["q1", "a1", "q2"]
+    assert stats.skipped_items == {"abandoned_branch": 2}
 
 
 @pytest.mark.parametrize("current", [False, None, "no-such-node", 42])
