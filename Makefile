@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint format migrate worker bench-ingest bench-pipeline clean
+.PHONY: venv demo sample test test-fast lint format migrate worker bench-ingest bench-pipeline clean
 
 venv: $(STAMP)
 
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 
 demo: venv
 	$(BIN)/fullpass demo
+
+# The bundled sample export, rebuilt by the project's generator (same bytes every time).
+SAMPLE := worker/samples/sample-export.zip
+sample: venv
+	$(BIN)/python -m tests.gen_export --conversations 40 --seed 7 --zip -o $(SAMPLE)
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/ingest.py [--target-mb 90] [--seed 7] [--keep] [--no-cache]
 
-1. A ~90 MB ChatGPT export ZIP is generated with ``../shared/tools/gen_export.py``
+1. A ~90 MB ChatGPT export ZIP is generated with ``python -m tests.gen_export``
    (cached under ``bench/.cache/``, keyed by size and seed; ``--no-cache`` makes a
-   fresh one in a temp dir).
+   fresh one in a temp dir). It runs in a process of its own, so that the
+   generator's memory is not this process's.
 2. Baseline: ``conversations.json`` is extracted to a temp file (not timed) and one
    bare ``ijson.items(f, "item")`` pass with the ``yajl2_c`` backend is timed: the
    floor for anything that parses the export.
@@ -42,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-GEN_EXPORT = REPO.parent / "shared" / "tools" / "gen_export.py"
 CACHE = REPO / "bench" / ".cache"
 RESULTS = REPO / "bench" / "results" / "ingest.json"
 USER_ID = uuid.UUID("bbbbbbbb-0000-4000-8000-0000000000be")
@@ -66,7 +66,8 @@ def export_zip(target_mb: float, seed: int, work: Path, use_cache: bool) -> tupl
     subprocess.run(
         [
             sys.executable,
-            str(GEN_EXPORT),
+            "-m",
+            "tests.gen_export",
             "--target-mb",
             f"{target_mb:g}",
             "--seed",
@@ -76,6 +77,7 @@ def export_zip(target_mb: float, seed: int, work: Path, use_cache: bool) -> tupl
             str(partial),
         ],
         check=True,
+        cwd=REPO,
         stdout=subprocess.DEVNULL,
     )
     partial.replace(out)

@@ -7,8 +7,8 @@ Reports, for the extract (map) stage:
 - wall time against the ideal ``calls * latency / concurrency`` (target ≥ 0.9 of ideal);
 - LLM calls and input tokens per MB of export against the naive design (every
   chunk sent whole, one call per 2,000-token chunk, no caching): target ≤ 25 %;
-- recall of the planted facts (``gen_export.py --facts-out``) in the extracted
-  facts (target ≥ 0.98) and decoys found (target 0);
+- recall of the planted facts (the ground truth of :mod:`tests.gen_export`) in
+  the extracted facts (target ≥ 0.98) and decoys found (target 0);
 - estimated cost per 90 MB export at Haiku 4.5 list prices ($1 / $5 per
   million input / output tokens; cache reads at 0.1x, batch at 0.5x).
 
@@ -46,12 +46,12 @@ sys.path.insert(0, str(REPO))
 import psycopg  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
+from tests.gen_export import Options, write_export, write_truth  # noqa: E402
 from worker import embedded, migrate  # noqa: E402
 from worker.llm.anthropic_provider import AnthropicProvider  # noqa: E402
 from worker.llm.base import ExtractionInput  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
-GEN_EXPORT = REPO.parent / "shared" / "tools" / "gen_export.py"
 RESULTS = REPO / "bench" / "results" / "pipeline.json"
 #: The fake Messages API runs in its own process, as the real one would: in this
 #: process its threads would compete with the worker for the GIL.
@@ -191,23 +191,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, Any]:
     export, facts = work / "export.zip", work / "facts.json"
-    subprocess.run(  # noqa: ASYNC221 (set-up, before anything is timed)
-        [
-            sys.executable,
-            str(GEN_EXPORT),
-            "--conversations",
-            str(args.conversations),
-            "--seed",
-            str(args.seed),
-            "--zip",
-            "-o",
-            str(export),
-            "--facts-out",
-            str(facts),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    # Set-up, before anything is timed.
+    options = Options(conversations=args.conversations, seed=args.seed)
+    write_truth(facts, write_export(export, options, zipped=True))
     migrate.upgrade(dsn)
     user = uuid.uuid4()
     storage_path = f"user-imports/{user}/export.zip"

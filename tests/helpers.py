@@ -5,30 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import REPO, query
+from tests.gen_export import Options, write_export
 from worker import runner
 from worker.service import run_worker
 from worker.settings import Settings
 from worker.stages import STAGES
 
-GEN_EXPORT = REPO.parent / "shared" / "tools" / "gen_export.py"
 SAMPLE = REPO / "worker" / "samples" / "sample-export.zip"
 
 
-def gen_export(out: Path, *args: str) -> Path:
-    """Run the export generator (see ../shared/tools/gen_export.py) into ``out``."""
-    subprocess.run(
-        [sys.executable, str(GEN_EXPORT), *args, "-o", str(out)],
-        check=True,
-        capture_output=True,
-    )
+def gen_export(out: Path, *, zipped: bool = False, shards: int = 0, **options: Any) -> Path:
+    """Write a generated export (:mod:`tests.gen_export`, ``options`` as in its ``Options``)."""
+    write_export(out, Options(**options), zipped=zipped, shards=shards)
     return out
 
 

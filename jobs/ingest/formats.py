@@ -3,8 +3,11 @@
 The JSON is parsed with ijson one conversation at a time, so memory stays flat
 whatever the export's size. Each conversation is then turned into a
 :class:`Conversation` of plain user/assistant messages, whichever of the three
-formats it came in (ChatGPT ``mapping`` trees, Claude ``chat_messages``, the
-simplified ``messages`` list).
+formats it came in (ChatGPT ``mapping`` trees, Claude ``chat_messages`` linked by
+``parent_message_uuid``, the simplified ``messages`` list). Both trees keep
+every edit and retry; only the branch the user kept is read, in its order.
+What the user wrote about themselves is kept even where the UI hides it
+(ChatGPT's custom instructions and saved memories, Claude attachments).
 
 Leniency is deliberate and bounded: an unusable conversation or message is
 skipped and counted in :class:`ReadStats` (exports are full of content types we
@@ -44,6 +47,10 @@ READ_SIZE: Final = 256 * 1024
 #: A message longer than this is cut (counted as ``text_truncated``): nobody's
 #: durable facts live past the first 200k characters of one message.
 MAX_MESSAGE_CHARS: Final = 200_000
+#: One attachment or artifact kept inside a message is cut past this (counted as
+#: ``attachment_truncated``), so that one pasted book leaves room for the
+#: message's own words and for the other attachments.
+MAX_ATTACHMENT_CHARS: Final = 50_000
 #: Deeper JSON is refused before the parser sees it: ijson's memory grows with
 #: the square of the nesting depth, and real exports nest about a dozen levels.
 MAX_JSON_DEPTH: Final = 512
@@ -97,11 +104,13 @@ class ReadStats:
     json_bytes: int = 0
     problems: list[str] = field(default_factory=list)
 
-    def skip(self, reason: str) -> None:
-        """Count one skipped item; reasons past :data:`MAX_SKIP_REASONS` share one bucket."""
+    def skip(self, reason: str, count: int = 1) -> None:
+        """Count skipped items; reasons past :data:`MAX_SKIP_REASONS` share one bucket."""
+        if count <= 0:
+            return
         if reason not in self.skipped_items and len(self.skipped_items) >= MAX_SKIP_REASONS:
             reason = "other"
-        self.skipped_items[reason] = self.skipped_items.get(reason, 0) + 1
+        self.skipped_items[reason] = self.skipped_items.get(reason, 0) + count
 
     def problem(self, text: str) -> None:
         if len(self.problems) < MAX_PROBLEMS:
@@ -497,59 +506,170 @@ def _chatgpt_messages(item: dict[str, Any], stats: ReadStats) -> list[Message]:
     mapping = item.get("mapping")
     if not isinstance(mapping, dict):
         raise _Garbage("'mapping' is not an object")
+    path = canonical_path(mapping, item.get("current_node"), stats.skip)
+    on_path = set(path)
+    stats.skip(
+        "abandoned_branch",
+        sum(
+            1
+            for node_id, node in mapping.items()
+            if node_id not in on_path and isinstance(node, dict) and node.get("message")
+        ),
+    )
     out: list[Message] = []
-    for node_id in canonical_path(mapping, item.get("current_node"), stats.skip):
+    for node_id in path:
         raw = mapping[node_id].get("message")
         if raw is None:
             continue
         if not isinstance(raw, dict):
             stats.skip("malformed_message")
             continue
-        message = _chatgpt_message(raw, stats)
-        if message is not None:
-            out.append(message)
+        out.extend(_chatgpt_message(raw, stats))
     return out
 
 
-def _chatgpt_message(raw: dict[str, Any], stats: ReadStats) -> Message | None:
+def _chatgpt_message(raw: dict[str, Any], stats: ReadStats) -> list[Message]:
+    """The messages one node stands for: none, one, or several (instructions, memories)."""
     author = raw.get("author")
     role = author.get("role") if isinstance(author, dict) else None
     content = raw.get("content")
     if not isinstance(content, dict):
         stats.skip("malformed_message")
-        return None
+        return []
     ctype = content.get("content_type")
     when = parse_time(raw.get("create_time"), stats)
+    # Hidden in the UI, but both are about the user: checked before the hidden rule.
     if ctype == "user_editable_context":
-        # Custom instructions: hidden in the UI, but the user wrote them about themselves.
-        fields = (content.get("user_profile"), content.get("user_instructions"))
-        text = "\n".join(f for f in fields if isinstance(f, str) and f.strip())
-        return _message("user", text, when, "instructions", stats)
+        return _custom_instructions(content, when, stats)
+    if ctype == "model_editable_context":
+        return _memory_snapshot(content, stats)
     recipient = raw.get("recipient") or "all"
     if role == "assistant" and recipient == "bio":
         # ChatGPT's memory tool: the assistant saving a fact about the user.
         text = _parts_text(content, stats)
         if not text and isinstance(content.get("text"), str):
             text = content["text"]
-        return _message("assistant", text, when, "memory", stats)
+        return _listed(_message("assistant", text, when, "memory", stats))
     if role not in ("user", "assistant"):
         stats.skip(f"{role}_message" if role in ("system", "tool") else "unknown_role")
-        return None
+        return []
     if recipient != "all":
         stats.skip("tool_call")
-        return None
+        return []
     metadata = raw.get("metadata")
     hidden = isinstance(metadata, dict) and metadata.get("is_visually_hidden_from_conversation")
     if hidden or raw.get("weight") == 0:
         stats.skip("hidden_message")
-        return None
+        return []
     if ctype in _TEXT_PARTS:
-        return _message(role, _parts_text(content, stats), when, "text", stats)
+        return _listed(_message(role, _parts_text(content, stats), when, "text", stats))
     if ctype in CHATGPT_SKIPPED_CONTENT:
         stats.skip(f"content:{ctype}")
     else:
         stats.skip(f"unknown_content:{_reason_label(ctype)}")
-    return None
+    return []
+
+
+def _listed(message: Message | None) -> list[Message]:
+    return [] if message is None else [message]
+
+
+def _custom_instructions(
+    content: dict[str, Any], when: datetime | None, stats: ReadStats
+) -> list[Message]:
+    """The user's profile and their instructions: one message each, in their own words."""
+    fields = [content.get(key) for key in ("user_profile", "user_instructions")]
+    texts = [users_own_words(f) for f in fields if isinstance(f, str) and f.strip()]
+    if not texts:
+        stats.skip("empty_message")
+    return [m for t in texts if (m := _message("user", t, when, "instructions", stats))]
+
+
+#: How ChatGPT introduces the custom instructions it wraps in a code fence
+#: ("The user provided the following information about themselves. ...").
+_WRAPPER_START = re.compile(r"\s*the user provided\b", re.IGNORECASE)
+_FENCE: Final = "```"
+
+
+def users_own_words(text: str) -> str:
+    """A custom-instructions field without ChatGPT's wrapper and fences, all else kept.
+
+    The wrapper is the sentences before the first fence; the user's text runs
+    from there to the *last* fence, because it may hold fences of its own. Text
+    after the last fence is unusual but the user's, so it is kept too.
+    """
+    stripped = text.strip()
+    first = stripped.find(_FENCE)
+    last = stripped.rfind(_FENCE)
+    if first < 0 or last == first:
+        return stripped
+    if first == 0 and last == len(stripped) - len(_FENCE):
+        return stripped[len(_FENCE) : last].strip()  # the whole field is fenced
+    if not _WRAPPER_START.match(stripped):
+        return stripped
+    inner = stripped[first + len(_FENCE) : last].strip()
+    after = stripped[last + len(_FENCE) :].strip()
+    return f"{inner}\n{after}" if after else inner
+
+
+def _memory_snapshot(content: dict[str, Any], stats: ReadStats) -> list[Message]:
+    """ChatGPT's saved memories as it held them then: one dated message per memory.
+
+    ``repository`` and its sibling fields describe connected code, not the user,
+    so only ``model_set_context`` is read.
+    """
+    snapshot = content.get("model_set_context")
+    memories = saved_memories(snapshot) if isinstance(snapshot, str) else []
+    out = [
+        m
+        for text, when in memories
+        if (m := _message("assistant", text, when, "memory", stats)) is not None
+    ]
+    if not out:
+        stats.skip("empty_memory_snapshot")
+    return out
+
+
+#: A numbered or bulleted list item: "1. ", "12) ", "- ", "* ", "• ".
+_LIST_ITEM = re.compile(r"^\s*(?:\d{1,4}[.)]|[-*\u2022])\s+")
+#: A date in front ("[2024-05-02]. ") or at the end (" (2024-03-01)") of a memory.
+_LEADING_DATE = re.compile(r"^\[(\d{4}-\d{2}-\d{2})\]\.?\s*")
+_TRAILING_DATE = re.compile(r"\s*[(\[](\d{4}-\d{2}-\d{2})[)\]]\.?$")
+
+
+def saved_memories(snapshot: str) -> list[tuple[str, datetime | None]]:
+    """Each memory of a ``model_set_context`` snapshot, with its date when it has one.
+
+    Seen shapes: ``1. [2024-05-02]. Is a vegetarian.`` (numbered, dated, blank
+    lines between), ``- Prefers dark mode (2024-03-01)``, and plain lines.
+    Headings (``# Model Set Context``) are dropped. In a list, an unmarked line
+    continues the item above it, so a memory that wraps is kept whole.
+    """
+    lines = [line.strip() for line in snapshot.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    listed = any(_LIST_ITEM.match(line) for line in lines)
+    items: list[str] = []
+    for line in lines:
+        marker = _LIST_ITEM.match(line)
+        if marker:
+            items.append(line[marker.end() :])
+        elif listed and items:
+            items[-1] = f"{items[-1]}\n{line}"
+        else:
+            items.append(line)
+    return [dated for item in items if (dated := _dated(item))[0]]
+
+
+def _dated(item: str) -> tuple[str, datetime | None]:
+    for pattern in (_LEADING_DATE, _TRAILING_DATE):
+        match = pattern.search(item)
+        if match:
+            try:
+                day = datetime.strptime(match.group(1), "%Y-%m-%d").replace(tzinfo=UTC)
+            except ValueError:
+                continue
+            return (item[: match.start()] + item[match.end() :]).strip(), day
+    return item.strip(), None
 
 
 def _parts_text(content: dict[str, Any], stats: ReadStats) -> str:
@@ -584,38 +704,182 @@ def _claude_messages(item: dict[str, Any], stats: ReadStats) -> list[Message]:
     raw_messages = item.get("chat_messages")
     if not isinstance(raw_messages, list):
         raise _Garbage("'chat_messages' is not a list")
-    out: list[Message] = []
+    nodes: list[_ClaudeNode] = []
     for raw in raw_messages:
-        if not isinstance(raw, dict):
+        if isinstance(raw, dict):
+            nodes.append(_ClaudeNode.of(raw, stats))
+        else:
             stats.skip("malformed_message")
-            continue
-        role = _CLAUDE_SENDERS.get(raw.get("sender"))
+    thread = _claude_thread(nodes, item.get("current_leaf_message_uuid"), stats)
+    out: list[Message] = []
+    for node in thread:
+        role = _CLAUDE_SENDERS.get(node.raw.get("sender"))
         if role is None:
             stats.skip("unknown_role")
             continue
-        text = _claude_text(raw, stats)
-        message = _message(role, text, parse_time(raw.get("created_at"), stats), "text", stats)
+        message = _message(role, _claude_text(node.raw, stats), node.time, "text", stats)
         if message is not None:
             out.append(message)
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _ClaudeNode:
+    raw: dict[str, Any]
+    uuid: str | None
+    parent: str | None
+    time: datetime | None
+
+    @classmethod
+    def of(cls, raw: dict[str, Any], stats: ReadStats) -> _ClaudeNode:
+        uuid, parent = raw.get("uuid"), raw.get("parent_message_uuid")
+        return cls(
+            raw,
+            uuid if isinstance(uuid, str) else None,
+            parent if isinstance(parent, str) else None,
+            parse_time(raw.get("created_at"), stats),
+        )
+
+    @property
+    def stamp(self) -> float:
+        return self.time.timestamp() if self.time is not None else -math.inf
+
+
+def _claude_thread(
+    nodes: list[_ClaudeNode], current: object, stats: ReadStats
+) -> list[_ClaudeNode]:
+    """The messages the user kept, in conversation order.
+
+    ``chat_messages`` holds every branch (edits, retries) in no useful order.
+    Each message names its parent; the root's parent is a sentinel
+    (``00000000-0000-4000-8000-000000000000``), so any parent that is not among
+    the messages ends the walk. Exports from before parent links existed are a
+    single thread: they are put in ``created_at`` order.
+    """
+    if not any(node.parent is not None for node in nodes):
+        return _chronological(nodes)
+    index: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        if node.uuid is not None:
+            index.setdefault(node.uuid, i)
+    parent_of = [index.get(node.parent) if node.parent is not None else None for node in nodes]
+    start = index.get(current) if isinstance(current, str) else None
+    if start is None:
+        start = _latest_leaf(nodes, parent_of)
+    path: list[int] = []
+    seen: set[int] = set()
+    step: int | None = start
+    while step is not None:
+        if step in seen:
+            stats.skip("parent_cycle")
+            break
+        seen.add(step)
+        path.append(step)
+        step = parent_of[step]
+    path.reverse()
+    stats.skip("abandoned_branch", len(nodes) - len(path))
+    return [nodes[i] for i in path]
+
+
+def _latest_leaf(nodes: list[_ClaudeNode], parent_of: list[int | None]) -> int:
+    """The leaf created last (ties: the last in the file): where the kept branch ends.
+
+    When every message is some message's parent (a cycle), the latest message
+    stands in for the leaf.
+    """
+    parents = {p for p in parent_of if p is not None}
+    leaves = [i for i in range(len(nodes)) if i not in parents] or list(range(len(nodes)))
+
+    return max(leaves, key=lambda i: (nodes[i].stamp, i))
+
+
+def _chronological(nodes: list[_ClaudeNode]) -> list[_ClaudeNode]:
+    """Nodes by ``created_at``; one without a time stays after those before it in the file."""
+    keys: list[float] = []
+    latest = -math.inf
+    for node in nodes:
+        if node.time is not None:
+            latest = max(latest, node.stamp)
+        keys.append(node.stamp if node.time is not None else latest)
+    order = sorted(range(len(nodes)), key=lambda i: (keys[i], i))
+    return [nodes[i] for i in order]
+
+
 def _claude_text(raw: dict[str, Any], stats: ReadStats) -> str:
-    """The ``text`` blocks of ``content``, or the flat ``text`` field when there are none."""
+    """What the message showed: its text blocks and artifacts, then its attachments.
+
+    The flat ``text`` field serves messages without content blocks. When the
+    blocks hold a tool call, ``text`` is a UI placeholder written in place of
+    the tool's output ("... isn't yet supported on mobile."), never the answer,
+    so it is not used.
+    """
+    parts: list[str] = []
+    used_tool = False
     blocks = raw.get("content")
-    texts: list[str] = []
     if isinstance(blocks, list):
         for block in blocks:
             if not isinstance(block, dict):
                 stats.skip("malformed_block")
             elif block.get("type") == "text" and isinstance(block.get("text"), str):
-                texts.append(block["text"])
+                parts.append(block["text"])
+            elif block.get("type") == "tool_use":
+                used_tool = True
+                parts.append(_artifact_text(block.get("input"), stats))
             else:
                 stats.skip(f"content:{_reason_label(block.get('type'))}")
-    text = "\n\n".join(t for t in texts if t.strip())
-    if not text.strip() and isinstance(raw.get("text"), str):
-        text = raw["text"]
-    return text
+    text = "\n\n".join(p for p in parts if p.strip())
+    flat = raw.get("text")
+    if not text.strip() and isinstance(flat, str) and flat.strip():
+        if used_tool:
+            stats.skip("tool_placeholder_text")
+        else:
+            text = flat
+    return _with_attachments(text, raw.get("attachments"), stats)
+
+
+def _artifact_text(tool_input: object, stats: ReadStats) -> str:
+    """An artifact as the user saw it: its title and content, when a tool call has them."""
+    title = tool_input.get("title") if isinstance(tool_input, dict) else None
+    content = tool_input.get("content") if isinstance(tool_input, dict) else None
+    if not isinstance(content, str) or not content.strip():
+        stats.skip("content:tool_use")
+        return ""
+    name = _clean_label(title, MAX_TITLE_CHARS)
+    heading = f"[Artifact: {name}]" if name else "[Artifact]"
+    return f"{heading}\n{_capped(content, stats)}"
+
+
+def _with_attachments(text: str, attachments: object, stats: ReadStats) -> str:
+    """``text`` followed by each attachment's extracted text, under a line naming the file.
+
+    Pasted text and uploaded documents are the user's own material. Each one is
+    capped, and once the message is full the rest are left out (and counted).
+    """
+    if not isinstance(attachments, list) or not attachments:
+        return text
+    parts = [text] if text.strip() else []
+    size = len(text)
+    for attachment in attachments:
+        extracted = attachment.get("extracted_content") if isinstance(attachment, dict) else None
+        if not isinstance(extracted, str) or not extracted.strip():
+            stats.skip("attachment_without_text")
+            continue
+        if size > MAX_MESSAGE_CHARS:
+            stats.skip("attachment_truncated")
+            continue
+        name = _clean_label(attachment.get("file_name"), MAX_TITLE_CHARS)
+        part = f"[Attachment: {name}]" if name else "[Attachment]"
+        part = f"{part}\n{_capped(extracted.strip(), stats)}"
+        parts.append(part)
+        size += len(part) + 2
+    return "\n\n".join(parts)
+
+
+def _capped(text: str, stats: ReadStats) -> str:
+    if len(text) <= MAX_ATTACHMENT_CHARS:
+        return text
+    stats.skip("attachment_truncated")
+    return text[:MAX_ATTACHMENT_CHARS]
 
 
 # Simplified ----------------------------------------------------------------------------
@@ -686,11 +950,30 @@ def _message(
 
 
 def clean_text(text: str, stats: ReadStats) -> str:
-    """Text safe to store: capped, no NULs or lone surrogates (Postgres rejects both), LF only."""
+    """Text safe to store: capped, no NULs or lone surrogates (Postgres rejects both), LF only.
+
+    ChatGPT's citation markers go too: see :func:`strip_markers`.
+    """
     if len(text) > MAX_MESSAGE_CHARS:
         text = text[:MAX_MESSAGE_CHARS]
         stats.skip("text_truncated")
     return _sanitise(text).strip()
+
+
+#: ChatGPT marks citations and other UI widgets with private-use characters:
+#: ``\ue200cite\ue202turn0search0\ue201`` is a footnote whose payload only the UI
+#: understands, and lone markers of the same block (``\ue203``...``\ue206``)
+#: frame quoted text, which is kept. The span length bound keeps the pattern
+#: linear on hostile text.
+_MARKER_SPAN = re.compile("[ \t]*\ue200[^\ue200\ue201]{0,1000}\ue201")
+_MARKER_CHAR = re.compile("[\ue200-\ue2ff]")
+
+
+def strip_markers(text: str) -> str:
+    """``text`` without ChatGPT's citation spans and stray marker characters."""
+    if _MARKER_CHAR.search(text) is None:
+        return text
+    return _MARKER_CHAR.sub("", _MARKER_SPAN.sub("", text))
 
 
 def _sanitise(text: str) -> str:
@@ -699,6 +982,7 @@ def _sanitise(text: str) -> str:
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.isascii():
+        text = strip_markers(text)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:

@@ -8,7 +8,8 @@ from typing import Literal
 
 Role = Literal["user", "assistant"]
 #: ``text``: an ordinary message; ``memory``: a fact ChatGPT saved about the user
-#: (assistant → ``bio``); ``instructions``: the user's custom instructions.
+#: (assistant → ``bio``, or one entry of its saved-memory snapshot);
+#: ``instructions``: the user's custom instructions (their profile, or how to answer).
 MessageKind = Literal["text", "memory", "instructions"]
 Tier = Literal["micro", "medium", "macro"]
 

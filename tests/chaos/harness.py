@@ -229,7 +229,7 @@ def export_file(cache: Path, conversations: int, seed: int) -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         out = cache / f"export-{conversations}-{seed}.zip"
         if not out.exists():
-            gen_export(out, "--conversations", str(conversations), "--seed", str(seed), "--zip")
+            gen_export(out, conversations=conversations, seed=seed, zipped=True)
         _EXPORTS[key] = out
     return _EXPORTS[key]
 

@@ -62,15 +62,7 @@ async def test_empty_sections_say_no_data_yet(
 ) -> None:
     from tests.helpers import gen_export
 
-    export = gen_export(
-        tmp_path / "quiet.json",
-        "--conversations",
-        "5",
-        "--fact-rate",
-        "0",
-        "--format",
-        "simplified",
-    )
+    export = gen_export(tmp_path / "quiet.json", conversations=5, fact_rate=0, fmt="simplified")
     import_id = submit(deps.settings, USER_A, export)
     await drive(deps, db_dsn, import_id)
     memory = query(db_dsn, "select memory_md from user_profiles")[0]["memory_md"]

@@ -1,6 +1,6 @@
 """Fuzz: hundreds of malformed and hostile exports through real imports and one real worker.
 
-Every case is built deterministically from a seeded RNG (and ``gen_export.py``
+Every case is built deterministically from a seeded RNG (and ``tests/gen_export.py``
 with fixed seeds): truncated JSON, ZIP and gzip at random offsets, wrong
 top-level types, wrong types inside conversations, strings of several MB, small
 zip bombs (honest and lying headers), unsafe ZIP member names, non-UTF-8 bytes,
@@ -897,9 +897,7 @@ def make_base(work: Path) -> Base:
     work.mkdir(parents=True, exist_ok=True)
     raw: dict[str, bytes] = {}
     for fmt, n, seed in (("chatgpt", 6, 11), ("claude", 5, 12), ("simplified", 5, 13)):
-        out = gen_export(
-            work / f"{fmt}.json", "--format", fmt, "--conversations", str(n), "--seed", str(seed)
-        )
+        out = gen_export(work / f"{fmt}.json", fmt=fmt, conversations=n, seed=seed)
         raw[fmt] = out.read_bytes()
     return Base(
         chatgpt=json.loads(raw["chatgpt"]),
@@ -997,11 +995,11 @@ async def test_hostile_exports_fail_cleanly_or_complete(db_dsn: str, tmp_path: P
     healthy_dir = tmp_path / "healthy"
     healthy_dir.mkdir()
     healthy_files = [
-        gen_export(healthy_dir / "chatgpt.zip", "--conversations", "12", "--zip", "--seed", "3"),
-        gen_export(healthy_dir / "claude.json", "--format", "claude", "--conversations", "8"),
+        gen_export(healthy_dir / "chatgpt.zip", conversations=12, zipped=True, seed=3),
+        gen_export(healthy_dir / "claude.json", fmt="claude", conversations=8),
         healthy_dir / "simplified.json.gz",
     ]
-    simple = gen_export(healthy_dir / "simplified.json", "--format", "simplified")
+    simple = gen_export(healthy_dir / "simplified.json", fmt="simplified")
     healthy_files[2].write_bytes(gz(simple.read_bytes()))
 
     submitted: dict[uuid.UUID, Case] = {}

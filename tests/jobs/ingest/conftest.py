@@ -5,8 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import subprocess
-import sys
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,9 +15,7 @@ import pytest
 
 from jobs.ingest.model import Conversation
 from jobs.ingest.reader import Limits, ReadStats, read_export
-
-REPO = Path(__file__).resolve().parents[3]
-GEN_EXPORT = REPO.parent / "shared" / "tools" / "gen_export.py"
+from tests.gen_export import Options, Planted, Truth, write_export
 
 LIMITS = Limits(
     max_download_bytes=512 * 1024**2,
@@ -65,8 +61,15 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
 @dataclass(frozen=True)
 class Generated:
     path: Path
-    facts: list[dict[str, str]]
-    decoys: list[dict[str, str]]
+    truth: Truth
+
+    @property
+    def facts(self) -> list[Planted]:
+        return self.truth.facts
+
+    @property
+    def decoys(self) -> list[Planted]:
+        return self.truth.decoys
 
 
 GenExport = Callable[..., Generated]
@@ -74,25 +77,20 @@ GenExport = Callable[..., Generated]
 
 @pytest.fixture(scope="session")
 def gen_export(tmp_path_factory: pytest.TempPathFactory) -> GenExport:
-    """Run ``gen_export.py`` (cached per argument list for the whole session)."""
-    if not GEN_EXPORT.exists():
-        pytest.skip(f"generator not found at {GEN_EXPORT}")
-    cache: dict[tuple[str, ...], Generated] = {}
+    """Write a generated export (``tests/gen_export.py``), cached per options for the session.
+
+    Takes :class:`tests.gen_export.Options` fields plus ``zipped`` and ``shards``.
+    """
+    cache: dict[tuple[object, ...], Generated] = {}
     root = tmp_path_factory.mktemp("generated")
 
-    def run(*args: str, suffix: str = ".json") -> Generated:
-        if args in cache:
-            return cache[args]
-        out = root / f"export-{len(cache)}{suffix}"
-        facts = root / f"facts-{len(cache)}.json"
-        subprocess.run(
-            [sys.executable, str(GEN_EXPORT), *args, "-o", str(out), "--facts-out", str(facts)],
-            check=True,
-            capture_output=True,
-        )
-        truth = json.loads(facts.read_text(encoding="utf-8"))
-        cache[args] = Generated(out, truth["facts"], truth["decoys"])
-        return cache[args]
+    def run(*, zipped: bool = False, shards: int = 0, **options: Any) -> Generated:
+        key = (zipped, shards, *sorted(options.items()))
+        if key not in cache:
+            out = root / f"export-{len(cache)}{'.zip' if zipped else '.json'}"
+            truth = write_export(out, Options(**options), zipped=zipped, shards=shards)
+            cache[key] = Generated(out, truth)
+        return cache[key]
 
     return run
 
@@ -102,25 +100,49 @@ def assert_facts_and_no_decoys(convs: Iterable[Conversation], generated: Generat
 
     A decoy whose sentence was also planted as a real fact in the same
     conversation is legitimately present, so it is not held against the parser.
+    Saved memories and custom instructions come out as their own kinds of
+    message, and no UI scaffolding (placeholders, citation markers, hidden
+    messages) reaches the text.
     """
+    truth = generated.truth
     user_text: dict[str, str] = {}
     all_text: dict[str, str] = {}
+    kinds: dict[str, set[tuple[str, str, str | None]]] = {}
     for conv in convs:
         user_text[conv.id] = "\n".join(m.text for m in conv.messages if m.role == "user")
         all_text[conv.id] = "\n".join(m.text for m in conv.messages)
-    assert generated.facts, "the generator planted no facts"
-    missing = [
-        f for f in generated.facts if f["text"] not in user_text.get(f["conversation_id"], "")
-    ]
+        kinds[conv.id] = {
+            (m.kind, m.text, m.time.date().isoformat() if m.time else None)
+            for m in conv.messages
+            if m.kind != "text"
+        }
+    assert truth.facts, "the generator planted no facts"
+    missing = [f for f in truth.facts if f.text not in user_text.get(f.conversation_id, "")]
     assert not missing, f"{len(missing)} planted facts lost, e.g. {missing[:3]}"
-    real = {(f["conversation_id"], f["text"]) for f in generated.facts}
+    real = {(f.conversation_id, f.text) for f in truth.facts}
     leaked = [
         d
-        for d in generated.decoys
-        if (d["conversation_id"], d["text"]) not in real
-        and d["text"] in all_text.get(d["conversation_id"], "")
+        for d in truth.decoys
+        if (d.conversation_id, d.text) not in real and d.text in all_text.get(d.conversation_id, "")
     ]
     assert not leaked, f"{len(leaked)} decoys from abandoned branches leaked, e.g. {leaked[:3]}"
+    lost_memories = [
+        m
+        for m in truth.memories
+        if ("memory", m["text"], m["date"]) not in kinds.get(str(m["conversation_id"]), set())
+    ]
+    assert not lost_memories, f"{len(lost_memories)} saved memories lost: {lost_memories[:3]}"
+    lost_instructions = [
+        i
+        for i in truth.instructions
+        if not any(
+            kind == "instructions" and text == i["text"]
+            for kind, text, _ in kinds.get(i["conversation_id"], set())
+        )
+    ]
+    assert not lost_instructions, f"instructions lost: {lost_instructions[:3]}"
+    shown = [a for a in truth.absent if a["text"] in all_text.get(a["conversation_id"], "")]
+    assert not shown, f"{len(shown)} pieces of UI scaffolding in the text, e.g. {shown[:3]}"
 
 
 # --------------------------------------------------------------------------- ChatGPT trees

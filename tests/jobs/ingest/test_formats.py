@@ -75,13 +75,14 @@ def test_chatgpt_follows_current_node_and_ignores_abandoned_branches() -> None:
 
 def test_chatgpt_edited_message_branch_is_dropped() -> None:
     chain = [gpt_message("user", "q1"), gpt_message("assistant", "a1"), gpt_message("user", "q2")]
-    conv, _ = one(
+    conv, stats = one(
         gpt_conversation(
             chain,
             branches={1: [gpt_message("user", "DECOY edit"), gpt_message("assistant", "DECOY")]},
         )
     )
     assert [m.text for m in conv.messages] == ["q1", "a1", "q2"]
+    assert stats.skipped_items == {"abandoned_branch": 2}
 
 
 @pytest.mark.parametrize("current", [False, None, "no-such-node", 42])
@@ -168,7 +169,8 @@ def test_chatgpt_skip_rules_and_kept_specials() -> None:
     ]
     conv, stats = one(gpt_conversation(chain))
     assert texts(conv) == [
-        ("user", "instructions", "I am a botanist.\nAnswer briefly."),
+        ("user", "instructions", "I am a botanist."),
+        ("user", "instructions", "Answer briefly."),
         ("user", "text", "visible question"),
         ("assistant", "memory", "User likes ferns."),
         ("user", "text", "what is this plant?\nspoken words"),

@@ -8,6 +8,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,12 +26,13 @@ from .conftest import (
     write_zip,
 )
 
-SEED_ARGS = ("--conversations", "120", "--seed", "11", "--fact-rate", "0.3")
+SEED: dict[str, Any] = {"conversations": 120, "seed": 11, "fact_rate": 0.3}
 
 
 def test_chatgpt_json_keeps_facts_and_drops_decoys(gen_export: GenExport) -> None:
-    generated = gen_export(*SEED_ARGS)
-    assert generated.decoys, "the generator planted no decoys"
+    generated = gen_export(**SEED)
+    truth = generated.truth
+    assert truth.decoys and truth.memories and truth.instructions and truth.absent
     convs, stats = read_all(generated.path)
     assert stats.format == "chatgpt" and stats.container == "json"
     assert stats.conversations == 120 and stats.skipped_conversations == 0
@@ -44,7 +46,7 @@ def test_chatgpt_json_keeps_facts_and_drops_decoys(gen_export: GenExport) -> Non
 
 
 def test_chatgpt_zip(gen_export: GenExport) -> None:
-    generated = gen_export(*SEED_ARGS, "--zip", suffix=".zip")
+    generated = gen_export(**SEED, zipped=True)
     convs, stats = read_all(generated.path)
     assert stats.container == "zip"
     assert stats.members == [f"{generated.path.name}:conversations.json"]
@@ -53,8 +55,8 @@ def test_chatgpt_zip(gen_export: GenExport) -> None:
 
 
 def test_sharded_chatgpt_zip_reads_every_shard_in_order(gen_export: GenExport) -> None:
-    whole = gen_export(*SEED_ARGS)
-    generated = gen_export(*SEED_ARGS, "--zip", "--shards", "4", suffix=".zip")
+    whole = gen_export(**SEED)
+    generated = gen_export(**SEED, zipped=True, shards=4)
     convs, stats = read_all(generated.path)
     assert [m.split(":")[1] for m in stats.members] == [
         f"conversations-{i:03d}.json" for i in range(4)
@@ -66,22 +68,25 @@ def test_sharded_chatgpt_zip_reads_every_shard_in_order(gen_export: GenExport) -
 
 @pytest.mark.parametrize("fmt", ["claude", "simplified"])
 def test_other_formats_keep_facts(gen_export: GenExport, fmt: str) -> None:
-    generated = gen_export(*SEED_ARGS, "--format", fmt)
+    generated = gen_export(**SEED, fmt=fmt)
     convs, stats = read_all(generated.path)
     assert stats.format == fmt
     assert len(convs) == 120
     assert_facts_and_no_decoys(convs, generated)
+    if fmt == "claude":  # edits and retries, artifacts and attachments were generated
+        assert stats.skipped_items["abandoned_branch"] and generated.truth.absent
+        assert any("[Attachment" in m.text for c in convs for m in c.messages)
 
 
 def test_claude_zip(gen_export: GenExport) -> None:
-    generated = gen_export(*SEED_ARGS, "--format", "claude", "--zip", suffix=".zip")
+    generated = gen_export(**SEED, fmt="claude", zipped=True)
     convs, stats = read_all(generated.path)
     assert (stats.format, stats.container) == ("claude", "zip")
     assert_facts_and_no_decoys(convs, generated)
 
 
 def test_same_conversations_whatever_the_container(gen_export: GenExport, tmp_path: Path) -> None:
-    generated = gen_export(*SEED_ARGS)
+    generated = gen_export(**SEED)
     raw = generated.path.read_bytes()
     gz = tmp_path / "export.bin"
     gz.write_bytes(gzip.compress(raw))
@@ -95,7 +100,7 @@ def test_same_conversations_whatever_the_container(gen_export: GenExport, tmp_pa
 
 
 def test_stats_as_dict_is_json_ready(gen_export: GenExport) -> None:
-    _, stats = read_all(gen_export(*SEED_ARGS).path)
+    _, stats = read_all(gen_export(**SEED).path)
     data = stats.as_dict()
     assert json.loads(json.dumps(data)) == data
     assert data["skipped_items"]["system_message"] == 120
@@ -104,7 +109,7 @@ def test_stats_as_dict_is_json_ready(gen_export: GenExport) -> None:
 
 def test_read_export_streams(gen_export: GenExport, tmp_path: Path) -> None:
     """Conversations arrive before the end of the file has been read (here: is corrupt)."""
-    raw = gen_export(*SEED_ARGS).path.read_bytes()
+    raw = gen_export(**SEED).path.read_bytes()
     path = tmp_path / "cut.json"
     path.write_bytes(raw[: len(raw) * 3 // 4])
     stats = ReadStats()
@@ -133,7 +138,7 @@ def test_no_text_anywhere_is_bad_input(tmp_path: Path) -> None:
 
 
 def test_truncated_zip_member_names_the_member(gen_export: GenExport, tmp_path: Path) -> None:
-    raw = gen_export(*SEED_ARGS).path.read_bytes()
+    raw = gen_export(**SEED).path.read_bytes()
     path = write_zip(tmp_path / "cut.zip", {"conversations.json": raw[: len(raw) // 2]})
     with pytest.raises(BadInput, match=r"cut\.zip:conversations\.json: invalid JSON .* after \d+"):
         read_all(path)
@@ -161,13 +166,13 @@ def test_zip_bomb_through_read_export(tmp_path: Path) -> None:
 
 
 def test_limits_apply_to_read_export(gen_export: GenExport) -> None:
-    generated = gen_export(*SEED_ARGS)
+    generated = gen_export(**SEED)
     with pytest.raises(BadInput, match="MAX_UNCOMPRESSED"):
         read_all(generated.path, dataclasses.replace(LIMITS, max_uncompressed_bytes=100_000))
 
 
 def test_inspect_jsonl_and_summary(gen_export: GenExport) -> None:
-    generated = gen_export(*SEED_ARGS)
+    generated = gen_export(**SEED)
     out = io.StringIO()
     stats = inspect_export(generated.path, limits=LIMITS, config=ChunkConfig(), jsonl=True, out=out)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]

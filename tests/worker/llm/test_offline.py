@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from datetime import date, datetime
-from pathlib import Path
 
 import pytest
 
 from jobs.domain.facts import MEMORY_SECTIONS, DateFact, Decision, Facts, Project
 from jobs.domain.memory import NO_DATA
 from jobs.domain.sections import SECTION_NAMES
+from tests.gen_export import generate
 from worker.llm.base import ExtractionInput, LLMProvider
 from worker.llm.offline import (
     MODEL,
@@ -26,8 +23,6 @@ from worker.llm.offline import (
     third_person,
     write_memory,
 )
-
-GEN_EXPORT = Path("/work/shared/tools/gen_export.py")
 
 
 def facts_of(*user_lines: str, today: date | None = None) -> Facts:
@@ -352,28 +347,9 @@ def _any_match(planted: str, facts: Facts) -> bool:
 
 
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], dict]:  # type: ignore[type-arg]
-    out = tmp_path_factory.mktemp("gen")
-    export, truth = out / "simple.json", out / "facts.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(GEN_EXPORT),
-            "--format",
-            "simplified",
-            "--conversations",
-            "150",
-            "--seed",
-            "3",
-            "-o",
-            str(export),
-            "--facts-out",
-            str(truth),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return json.loads(export.read_text()), json.loads(truth.read_text())
+def generated() -> tuple[list[dict], dict]:  # type: ignore[type-arg]
+    export = generate(150, seed=3, fmt="simplified")
+    return export.conversations, export.truth.as_dict()
 
 
 def _transcript(conversation: dict) -> str:  # type: ignore[type-arg]
