@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 
 from jobs.context import ReplaceChunks, StageContext, StageResult
 from jobs.download import local_export
-from jobs.errors import BadInput
 from jobs.ingest.chunker import TIER_TOKENS, ChunkConfig, chunk_conversation
 from jobs.ingest.model import Chunk
 from jobs.ingest.reader import Limits, ReadStats, read_export
 from jobs.outputs import ChunkOutput
+from worker.errors import BadInput
 
 PROGRESS_EVERY = 2000  # conversations
 

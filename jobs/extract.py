@@ -33,11 +33,18 @@ from typing import Any
 
 from jobs.context import StageContext, StageResult
 from jobs.domain.facts import Facts, Item, text_of
-from jobs.errors import TransientError
 from jobs.outputs import BatchState, ChunkOutput, ExtractOutput, Parked
-from worker.errors import StaleJob
+from worker.errors import StaleJob, Transient
 from worker.llm import offline
-from worker.llm.base import BatchProvider, ExtractionInput, LLMError, LLMResult, Usage
+from worker.llm.base import (
+    BatchProvider,
+    ExtractionInput,
+    LLMError,
+    LLMResult,
+    ModelUnavailable,
+    UnusableAnswer,
+    Usage,
+)
 from worker.redact import error_text
 from worker.store import ChunkRef, ChunkText, FactsRow
 
@@ -149,9 +156,10 @@ async def extract(ctx: StageContext) -> StageResult:
     await _online(ctx, todo, state, total)
     if state.transient_failures:
         # Finished chunks are checkpointed; the stage's retry resumes with the rest.
-        raise TransientError(
+        raise Transient(
             f"{state.transient_failures} of {len(todo)} chunks could not be extracted "
-            f"because the model service kept failing (last: {state.last_transient})"
+            f"because the model service kept failing (last: {state.last_transient})",
+            retry_after=state.retry_after,
         )
 
     summary = await ctx.store.facts_summary()
@@ -180,6 +188,7 @@ class _MapState:
     calls: int = 0
     transient_failures: int = 0
     last_transient: str = ""
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,16 +360,20 @@ async def _extract_group(
     state.calls += 1
     try:
         result = await ctx.llm.extract_facts(group.item)
-    except LLMError as exc:
-        if exc.transient:
-            state.transient_failures += len(group.members)
-            state.last_transient = error_text(exc)
-            await ctx.store.record_usage(exc.usage)
-            return None  # not checkpointed: the stage's retry tries these chunks again
+    except UnusableAnswer as exc:
         rows = [
             FactsRow(m.chunk_id, m.content_hash, direct_facts(m.transcript)) for m in group.members
         ]
         return ctx.store.checkpoint_facts(rows, exc.usage, ctx.llm.model, error_text(exc))
+    except ModelUnavailable as exc:
+        state.transient_failures += len(group.members)
+        state.last_transient = error_text(exc)
+        state.retry_after = exc.retry_after
+        await ctx.store.record_usage(exc.usage)
+        return None  # not checkpointed: the stage's retry tries these chunks again
+    except LLMError as exc:  # refused: nothing will work until an operator acts
+        await ctx.store.record_usage(exc.usage)
+        raise
     return _record(ctx, group, result, state)
 
 

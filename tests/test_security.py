@@ -27,13 +27,13 @@ from psycopg.rows import dict_row
 
 from jobs.context import StageContext, StageResult
 from jobs.domain.facts import Facts
-from jobs.errors import BadInput
 from jobs.registry import STAGE_FUNCTIONS
 from tests.conftest import USER_A, USER_B, make_settings, query
 from tests.helpers import insert_import, running_worker, submit, wait_status
 from tests.webhooks import WebhookReceiver
 from worker import migrate, storage
-from worker.llm.base import ExtractionInput, LLMError, LLMResult
+from worker.errors import BadInput
+from worker.llm.base import ExtractionInput, LLMResult, ModelUnavailable, UnusableAnswer
 from worker.llm.offline import OfflineProvider
 from worker.logs import setup_logging
 from worker.settings import Settings
@@ -651,10 +651,10 @@ async def test_secrets_in_stage_exceptions_are_never_stored_or_logged(
     )
 
     async def bad_extraction(self: OfflineProvider, item: ExtractionInput) -> LLMResult[Facts]:
-        raise LLMError(f"unusable answer for {item.chunk_id}: {quoted}")
+        raise UnusableAnswer(f"unusable answer for {item.chunk_id}: {quoted}")
 
     async def bad_memory(self: OfflineProvider, facts: Facts) -> LLMResult[str]:
-        raise LLMError(f"memory call failed: {quoted}")
+        raise ModelUnavailable(f"memory call failed: {quoted}")
 
     async def boom(ctx: StageContext) -> StageResult:
         try:
@@ -743,7 +743,8 @@ async def test_storage_echoing_the_service_key_leaks_nothing(
     db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """401 (refused key) and 503 (retried, then transient) responses that echo the key."""
-    monkeypatch.setattr(storage, "RETRY_DELAYS", (0.0,))
+    monkeypatch.setattr(storage, "RETRY_BASE_SECONDS", 0.0)
+    monkeypatch.setattr(storage, "ATTEMPTS", 2)
     with EchoingStorage() as server:
         settings = secret_settings(db_dsn, tmp_path, SUPABASE_URL=server.url)
         with captured_logs(settings, caplog) as stream:

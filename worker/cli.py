@@ -194,10 +194,10 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
-    from jobs.errors import BadInput
     from jobs.ingest.chunker import ChunkConfig
     from jobs.ingest.inspect import inspect_export
     from jobs.ingest.reader import Limits
+    from worker.errors import BadInput
 
     if not args.file.is_file():
         raise CliError(f"no such file: {args.file}")

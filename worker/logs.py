@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.redact import redact
+from worker.redact import redact_record
 from worker.settings import Settings
 
 STRUCTURED_FIELDS = ("import_id", "stage", "attempt", "generation", "duration_s", "job_id")
@@ -21,12 +21,7 @@ STRUCTURED_FIELDS = ("import_id", "stage", "attempt", "generation", "duration_s"
 
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        record.msg = redact(message)
-        record.args = None
+        redact_record(record)
         return True
 
 

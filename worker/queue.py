@@ -44,6 +44,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker import queries
 from worker.redact import error_text
+from worker.retry import backoff
 from worker.settings import Settings
 
 logger = logging.getLogger("fullpass.worker")
@@ -197,7 +198,7 @@ class ResilientWorker(pworker.Worker):
         return side_tasks
 
     async def _listen(self) -> None:
-        delay = 0.5
+        failures = 0
         channels = get_channel_for_queues(self.queues)
         while True:
             started = time.monotonic()
@@ -214,10 +215,8 @@ class ResilientWorker(pworker.Worker):
             await self._renew_pool()
             # Jobs deferred while nobody listened were never announced: look now.
             self.wake()
-            if time.monotonic() - started > 30:
-                delay = 0.5
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, 10.0)
+            failures = 1 if time.monotonic() - started > 30 else failures + 1
+            await asyncio.sleep(backoff(failures, base=0.5, cap=10.0))
 
     async def _on_notify(self, *, channel: str, payload: str) -> None:
         """Parse a notification leniently: any role may NOTIFY on our channels.
@@ -287,7 +286,7 @@ class ResilientWorker(pworker.Worker):
         job_result: job_context.JobResult | None,
     ) -> None:
         deadline = time.monotonic() + self.persist_retry_seconds
-        delay = 0.25
+        attempt = 0
         while True:
             if job.id in self._fenced_job_ids:
                 self._fenced_job_ids.discard(job.id)
@@ -314,8 +313,8 @@ class ResilientWorker(pworker.Worker):
                     logger.error("could not record the end of job %s: %s", job.id, error_text(exc))
                     return
                 self._db_warning(f"recording the end of job {job.id}", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                attempt += 1
+                await asyncio.sleep(backoff(attempt, base=0.25, cap=5.0))
 
     async def _still_ours(self, job: pjobs.Job) -> bool:
         """Whether the job's row still says this worker runs it.

@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from worker.errors import FullpassError
+
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"), "[REDACTED]"),
     # JWTs (Supabase service-role and anon keys are JWTs)
@@ -83,15 +85,9 @@ def redact(text: str) -> str:
 def error_text(exc: BaseException) -> str:
     """A one-line, secret-free description of an exception, bounded in length."""
     message = str(exc).strip() or type(exc).__name__
-    if not isinstance(exc, _plain_message_types()):
+    if not isinstance(exc, FullpassError):  # ours say what happened; others need their type
         message = f"{type(exc).__name__}: {message}"
     message = redact(" ".join(message.split()))
     if len(message) > MAX_ERROR_CHARS:
         message = message[: MAX_ERROR_CHARS - 1] + "…"
     return message
-
-
-def _plain_message_types() -> tuple[type[BaseException], ...]:
-    from worker.errors import FullpassError as StageError
-
-    return (StageError,)

@@ -28,6 +28,7 @@ from worker.db import Conn, resolve_dsn
 from worker.llm import make_provider
 from worker.queue import ResilientWorker, is_database_error, sweeper
 from worker.redact import error_text, register_secrets
+from worker.retry import backoff
 from worker.settings import Settings
 from worker.stages import QUEUE
 from worker.store import Store
@@ -145,7 +146,7 @@ async def _open_with_backoff(pool: AsyncConnectionPool[Conn]) -> None:
 
 async def _run_with_backoff(worker: ResilientWorker) -> None:
     """Run the queue worker; if the database is down at start (registration), wait for it."""
-    delay = 1.0
+    failures = 0
     while True:
         try:
             await worker.run()  # type: ignore[no-untyped-call]
@@ -154,5 +155,5 @@ async def _run_with_backoff(worker: ResilientWorker) -> None:
             if worker.worker_id is not None or not is_database_error(exc):
                 raise
             logger.warning("database unavailable (%s); still trying", error_text(exc))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            failures += 1
+            await asyncio.sleep(backoff(failures, base=1.0, cap=30.0))

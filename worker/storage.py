@@ -33,13 +33,16 @@ from urllib.parse import quote
 
 import httpx
 
-from jobs.errors import BadInput, StageError, TransientError
+from worker.errors import BadInput, NeedsOperator, Transient
+from worker.redact import redact, register_secrets
+from worker.retry import retry_async
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Pauses between download attempts (so ``len + 1`` attempts in all).
-RETRY_DELAYS: tuple[float, ...] = (1.0, 4.0, 15.0)
+#: Download attempts, and the backoff base between them (1, 2, 4 s ... ±25 %).
+ATTEMPTS = 4
+RETRY_BASE_SECONDS = 1.0
 #: A server's ``Retry-After`` is honoured up to this many seconds.
 MAX_RETRY_AFTER: Final = 60.0
 CONNECT_TIMEOUT: Final = 10.0
@@ -103,8 +106,8 @@ async def fetch_export(
     """Copy the export at ``storage_path`` into a new file in ``dest_dir``.
 
     Raises :class:`BadInput` (missing, unsafe path, too large),
-    :class:`TransientError` (storage unreachable or failing after retries) or
-    :class:`StageError` (storage refused the key: an operator must fix it).
+    :class:`Transient` (storage unreachable or failing after retries) or
+    :class:`NeedsOperator` (storage refused the key: an operator must fix it).
     """
     bucket, object_path = validate_storage_path(storage_path, user_id)
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -231,14 +234,6 @@ def _too_large(storage_path: str, size: int, limit: int) -> BadInput:
 # --------------------------------------------------------------------------- supabase
 
 
-class _Retryable(Exception):
-    """One attempt failed in a way another attempt may not."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
-
-
 def object_url(supabase_url: str, bucket: str, object_path: str) -> str:
     """The Storage API URL of an object (each segment percent-encoded)."""
     return (
@@ -251,39 +246,47 @@ async def _fetch_supabase(
     storage_path: str, bucket: str, object_path: str, settings: Settings, dest_dir: Path
 ) -> FetchedExport:
     if settings.supabase_url is None or settings.supabase_service_role_key is None:
-        raise StageError("Supabase Storage is not configured")
+        raise NeedsOperator("Supabase Storage is not configured")
     key = settings.supabase_service_role_key.get_secret_value()
+    register_secrets([key])
     url = object_url(settings.supabase_url, bucket, object_path)
     headers = {"Authorization": f"Bearer {key}", "apikey": key}
     timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
-    attempts = len(RETRY_DELAYS) + 1
-    last = "no attempt made"
+
+    def on_retry(exc: BaseException, attempt: int, delay: float) -> None:
+        log.warning(
+            "download of %s failed (attempt %d/%d: %s); retrying in %.1fs",
+            storage_path,
+            attempt,
+            ATTEMPTS,
+            redact(str(exc)),
+            delay,
+        )
+
+    def retry_after(exc: BaseException) -> float | None:
+        wait = exc.retry_after if isinstance(exc, Transient) else None
+        return None if wait is None else min(wait, MAX_RETRY_AFTER)
+
     # Redirects are not followed: they would carry the key's headers to another host.
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-        for attempt in range(attempts):
-            try:
-                return await _download_once(
+        try:
+            return await retry_async(
+                lambda: _download_once(
                     client, url, headers, storage_path, settings.max_download_bytes, dest_dir
-                )
-            except _Retryable as exc:
-                last = _scrub(str(exc), key)
-                if attempt + 1 == attempts:
-                    break
-                delay = RETRY_DELAYS[attempt]
-                if exc.retry_after is not None:
-                    delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER))
-                log.warning(
-                    "download of %s failed (attempt %d/%d: %s); retrying in %.1fs",
-                    storage_path,
-                    attempt + 1,
-                    attempts,
-                    last,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-    raise TransientError(
-        f"could not download {storage_path} from storage after {attempts} attempts: {last}"
-    )
+                ),
+                attempts=ATTEMPTS,
+                base=RETRY_BASE_SECONDS,
+                cap=MAX_RETRY_AFTER,
+                retryable=lambda exc: isinstance(exc, Transient),
+                retry_after=retry_after,
+                on_retry=on_retry,
+            )
+        except Transient as exc:
+            raise Transient(
+                f"could not download {storage_path} from storage after {ATTEMPTS} attempts:"
+                f" {redact(str(exc))}",
+                retry_after=exc.retry_after,
+            ) from None
 
 
 async def _download_once(
@@ -317,7 +320,7 @@ async def _download_once(
             )
     except httpx.TransportError as exc:
         # Connection refused or reset, timeouts, and bodies cut short mid-transfer.
-        raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        raise Transient(f"{type(exc).__name__}: {exc}") from None
 
 
 async def _read_capped(blocks: AsyncIterator[bytes], cap: int) -> bytes:
@@ -334,13 +337,13 @@ def _status_error(storage_path: str, response: httpx.Response, body: bytes) -> E
     if status == httpx.codes.NOT_FOUND:
         return BadInput(f"export not found in storage: {storage_path}")
     if status in (httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN):
-        return StageError(
+        return NeedsOperator(
             f"storage refused the service key (HTTP {status}) for {storage_path}; "
             f"check SUPABASE_SERVICE_ROLE_KEY"
         )
     if status == httpx.codes.TOO_MANY_REQUESTS or status >= 500:
-        return _Retryable(f"HTTP {status}", _retry_after(response))
-    return StageError(f"storage answered HTTP {status} for {storage_path}")
+        return Transient(f"HTTP {status}", retry_after=_retry_after(response))
+    return NeedsOperator(f"storage answered HTTP {status} for {storage_path}")
 
 
 def _effective_status(status: int, body: bytes) -> int:
@@ -361,7 +364,3 @@ def _retry_after(response: httpx.Response) -> float | None:
         return max(float(value), 0.0)
     except ValueError:
         return None
-
-
-def _scrub(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret else text

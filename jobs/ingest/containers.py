@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from jobs.errors import BadInput
+from worker.errors import BadInput
 from worker.settings import Settings
 
 ContainerKind = Literal["zip", "gzip", "json"]

@@ -27,9 +27,9 @@ from typing import Any, Final
 
 import ijson
 
-from jobs.errors import BadInput
 from jobs.ingest.containers import GuardedStream
 from jobs.ingest.model import Conversation, Message, MessageKind, Role
+from worker.errors import BadInput
 
 
 def _pick_backend() -> Any:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from jobs.errors import BadInput
 from jobs.ingest.containers import Limits, open_json_streams
 from jobs.ingest.formats import ReadStats, iter_conversations
 from jobs.ingest.model import Conversation
+from worker.errors import BadInput
 
 __all__ = ["Limits", "ReadStats", "read_export"]
 

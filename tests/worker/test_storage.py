@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.errors import BadInput, StageError, TransientError
 from worker import storage
+from worker.errors import BadInput, NeedsOperator, Transient
 from worker.settings import Settings
 from worker.storage import fetch_export, object_url, validate_storage_path
 
@@ -246,7 +246,7 @@ def server() -> Iterator[StorageServer]:
 
 @pytest.fixture(autouse=True)
 def no_retry_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage, "RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(storage, "RETRY_BASE_SECONDS", 0.0)
 
 
 def supabase(url: str, tmp_path: Path, **extra: object) -> Settings:
@@ -293,9 +293,9 @@ async def test_refused_key_is_not_retried_and_not_leaked(
     server: StorageServer, tmp_path: Path, code: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     server.script = [status(code, json.dumps({"message": "bad jwt"}).encode())]
-    with pytest.raises(StageError) as caught:
+    with pytest.raises(NeedsOperator) as caught:
         await fetch_export(PATH, USER, supabase(server.url, tmp_path), tmp_path / "w")
-    assert type(caught.value) is StageError
+    assert type(caught.value) is NeedsOperator
     assert f"HTTP {code}" in str(caught.value)
     assert KEY not in str(caught.value) and KEY not in caplog.text
     assert len(server.requests) == 1
@@ -307,7 +307,7 @@ async def test_server_errors_are_retried_then_transient(
     caplog.set_level(logging.WARNING)
     server.script = [status(500)]
     dest = tmp_path / "w"
-    with pytest.raises(TransientError, match="after 4 attempts: HTTP 500") as caught:
+    with pytest.raises(Transient, match="after 4 attempts: HTTP 500") as caught:
         await fetch_export(PATH, USER, supabase(server.url, tmp_path), dest)
     assert len(server.requests) == 4
     assert KEY not in str(caught.value) and KEY not in caplog.text
@@ -329,7 +329,7 @@ async def test_unreachable_storage_is_transient(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(TransientError, match="ConnectError"):
+    with pytest.raises(Transient, match="ConnectError"):
         await fetch_export(PATH, USER, supabase(f"http://127.0.0.1:{port}", tmp_path), tmp_path)
 
 
@@ -352,7 +352,7 @@ async def test_streamed_size_over_limit(server: StorageServer, tmp_path: Path) -
 
 async def test_redirects_are_not_followed(server: StorageServer, tmp_path: Path) -> None:
     server.script = [status(302, headers={"Location": "http://elsewhere.invalid/x"})]
-    with pytest.raises(StageError, match="HTTP 302"):
+    with pytest.raises(NeedsOperator, match="HTTP 302"):
         await fetch_export(PATH, USER, supabase(server.url, tmp_path), tmp_path / "w")
 
 

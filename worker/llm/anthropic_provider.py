@@ -5,7 +5,7 @@ provider needs more than they offer: every attempt goes through an adaptive
 limiter that shrinks on 429/529 and shares the server's ``retry-after`` with
 all other callers, usage is summed over every attempt that returned a body,
 and an unusable answer (garbage instead of the tool call) is retried once with
-a corrective note. Errors are :class:`~worker.llm.base.LLMError` with messages
+a corrective note. Errors are :class:`~worker.llm.base.LLMError` kinds with messages
 scrubbed of anything that looks like an API key, because they end up in the
 ``error`` columns operators read.
 """
@@ -20,7 +20,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
@@ -30,7 +30,15 @@ from anthropic.types import Message
 from jobs.domain.facts import Facts
 from jobs.domain.memory import memory_sections, normalise_memory
 from jobs.domain.sections import Sections
-from worker.llm.base import ExtractionInput, LLMError, LLMResult, Usage
+from worker.llm.base import (
+    ExtractionInput,
+    LLMError,
+    LLMResult,
+    ModelRefused,
+    ModelUnavailable,
+    UnusableAnswer,
+    Usage,
+)
 from worker.llm.limiter import AdaptiveLimiter, Permit, global_limiter
 from worker.llm.parse import BadAnswer, answer_text, parse_facts, parse_sections
 from worker.llm.prompts import (
@@ -48,6 +56,8 @@ from worker.llm.prompts import (
     memory_message,
     sections_message,
 )
+from worker.redact import redact, register_secrets
+from worker.retry import backoff
 from worker.settings import Settings
 
 logger = logging.getLogger("fullpass.llm")
@@ -74,16 +84,7 @@ _SERVICE_STATUSES: Final = frozenset({401, 402, 403, 404})
 #: ``_Answer.problem`` when the model refused the ``temperature`` parameter.
 _SAMPLING_REJECTED: Final = "temperature rejected"
 
-_KEY_LIKE: Final = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
 _MAX_ERROR_CHARS: Final = 300
-
-
-def redact(text: str, secrets: Sequence[str] = ()) -> str:
-    """``text`` without the given secrets or anything shaped like an Anthropic key."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return _KEY_LIKE.sub("sk-ant-[redacted]", text)
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -125,8 +126,8 @@ class _Failure:
 
     message: str
     retryable: bool
-    #: May the same call succeed later (see ``LLMError.transient``)?
-    transient: bool
+    #: What it means once retries are over.
+    kind: type[LLMError]
     overload: bool = False
     retry_after: float | None = None
 
@@ -210,11 +211,11 @@ class AnthropicProvider:
     ) -> None:
         self._settings = settings
         self.model = settings.model
-        self._secrets = settings.secrets()
+        register_secrets(settings.secrets())
         if client is None:
             key = settings.anthropic_api_key
             if key is None or not key.get_secret_value():
-                raise LLMError("ANTHROPIC_API_KEY is not set (use FULLPASS_LLM=offline)")
+                raise ModelRefused("ANTHROPIC_API_KEY is not set (use FULLPASS_LLM=offline)")
             client = anthropic.AsyncAnthropic(
                 api_key=key.get_secret_value(),
                 base_url=settings.anthropic_base_url,
@@ -338,7 +339,7 @@ class AnthropicProvider:
             # The stream can break mid-way (SDK, transport or decoding errors
             # alike); the caller sees one safe, retryable error.
             reason = self._safe(f"reading batch results failed: {type(exc).__name__}: {exc}")
-            raise LLMError(reason, transient=True) from None
+            raise ModelUnavailable(reason) from None
         finally:
             await decoder.close()
 
@@ -350,14 +351,14 @@ class AnthropicProvider:
             try:
                 facts = self._parse_facts(message)
             except BadAnswer as exc:
-                return LLMError(self._safe(f"invalid answer: {exc}"), usage=usage)
+                return UnusableAnswer(self._safe(f"invalid answer: {exc}"), usage=usage)
             return LLMResult(facts, usage, getattr(message, "model", None) or self.model)
         if kind == "errored":
             error = getattr(getattr(result, "error", None), "error", None)
             etype = getattr(error, "type", "error")
             text = getattr(error, "message", "")
-            return LLMError(self._safe(f"batch request errored: {etype}: {text}"))
-        return LLMError(f"batch request {kind}")
+            return UnusableAnswer(self._safe(f"batch request errored: {etype}: {text}"))
+        return UnusableAnswer(f"batch request {kind}")
 
     # ------------------------------------------------------------------ requests
 
@@ -411,7 +412,9 @@ class AnthropicProvider:
             try:
                 answer = await self._create(request)
             except LLMError as exc:
-                raise LLMError(str(exc), transient=exc.transient, usage=usage + exc.usage) from None
+                raise type(exc)(
+                    str(exc), usage=usage + exc.usage, retry_after=exc.retry_after
+                ) from None
             if answer.message is None:
                 reason = answer.problem
                 usage += answer.usage
@@ -426,7 +429,7 @@ class AnthropicProvider:
                 else:
                     return LLMResult(value, usage, answer.message.model or self.model)
             logger.info("unusable answer (attempt %d): %s", attempt + 1, self._safe(reason))
-        raise LLMError(self._safe(f"invalid answer: {reason}"), usage=usage)
+        raise UnusableAnswer(self._safe(f"invalid answer: {reason}"), usage=usage)
 
     async def _create(self, params: dict[str, Any]) -> _Answer:
         """One Messages call (with transport retries) returning the answer or its problem.
@@ -480,13 +483,17 @@ class AnthropicProvider:
             except anthropic.APIStatusError as exc:
                 failure = self._classify(exc)
             except anthropic.APITimeoutError:
-                failure = _Failure("request timed out", retryable=True, transient=True)
+                failure = _Failure("request timed out", retryable=True, kind=ModelUnavailable)
             except anthropic.APIConnectionError as exc:
-                failure = _Failure(f"connection error: {exc}", retryable=True, transient=True)
+                failure = _Failure(
+                    f"connection error: {exc}", retryable=True, kind=ModelUnavailable
+                )
             except anthropic.AnthropicError as exc:
                 # Credentials, configuration, a batch without results yet:
                 # nothing to do with the request's content.
-                failure = _Failure(f"{type(exc).__name__}: {exc}", retryable=False, transient=True)
+                failure = _Failure(
+                    f"{type(exc).__name__}: {exc}", retryable=False, kind=ModelUnavailable
+                )
             except BaseException:
                 _release(permits, success=False)
                 raise
@@ -499,10 +506,11 @@ class AnthropicProvider:
             _release(permits, success=False)
             message = self._safe(failure.message)
             if not failure.retryable:
-                raise LLMError(message, transient=failure.transient)
+                raise failure.kind(message, retry_after=failure.retry_after)
             if attempt + 1 >= attempts:
-                raise LLMError(
-                    f"{message} (gave up after {attempts} attempts)", transient=failure.transient
+                raise failure.kind(
+                    f"{message} (gave up after {attempts} attempts)",
+                    retry_after=failure.retry_after,
                 )
             delay = self._delay(attempt, failure.retry_after)
             logger.warning(
@@ -542,8 +550,12 @@ class AnthropicProvider:
             f"Anthropic API {status} {etype}: {detail}".strip().rstrip(":"),
             retryable=retryable,
             # Auth, billing, permission or an unknown model fail every request
-            # alike: the service is unusable, not this request.
-            transient=retryable or status in _SERVICE_STATUSES,
+            # alike: an operator must act. Any other 4xx is about this request.
+            kind=ModelUnavailable
+            if retryable
+            else ModelRefused
+            if status in _SERVICE_STATUSES
+            else UnusableAnswer,
             overload=status in (429, 529),
             retry_after=retry_after,
         )
@@ -556,12 +568,17 @@ class AnthropicProvider:
         otherwise exponential backoff with jitter.
         """
         if retry_after is not None:
-            return retry_after + self._rng.uniform(0, min(1.0, 0.1 * retry_after))
-        ceiling = min(self._backoff_max, self._backoff_base * 2.0**attempt)
-        return ceiling * self._rng.uniform(0.5, 1.0)
+            retry_after += self._rng.uniform(0, min(1.0, 0.1 * retry_after))
+        return backoff(
+            attempt + 1,
+            base=self._backoff_base,
+            cap=self._backoff_max,
+            retry_after=retry_after,
+            rng=self._rng,
+        )
 
     def _safe(self, text: str) -> str:
-        text = redact(text, self._secrets)
+        text = redact(text)
         if len(text) > _MAX_ERROR_CHARS:
             text = text[: _MAX_ERROR_CHARS - 1] + "…"
         return text

@@ -14,6 +14,7 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from jobs.domain.facts import Facts
 from jobs.domain.sections import Sections
+from worker.errors import FullpassError, NeedsOperator, Transient, Unusable
 
 T = TypeVar("T")
 
@@ -54,24 +55,34 @@ class ExtractionInput:
     conversation_date: date | None
 
 
-class LLMError(Exception):
-    """A call failed after the provider's own retries; the message is safe to record.
-
-    ``transient`` says whether the same call may succeed later (rate limits,
-    overload, server errors, timeouts) as opposed to an answer that was
-    unusable: the map step records unusable answers against their chunk, but
-    retries the stage when the service itself is failing.
+class LLMError(FullpassError):
+    """A model call failed after the provider's own retries; the message is safe to record.
 
     ``usage`` is what the failed call still cost (attempts that returned an
-    answer, e.g. unusable ones), so token accounting stays honest.
+    answer, e.g. unusable ones), so token accounting stays honest. What the
+    pipeline does next depends on the kind (see :mod:`worker.errors`).
     """
 
     def __init__(
-        self, message: str, *, transient: bool = False, usage: Usage | None = None
+        self, message: str, *, usage: Usage | None = None, retry_after: float | None = None
     ) -> None:
-        super().__init__(message)
-        self.transient = transient
+        Exception.__init__(self, message)
         self.usage = usage if usage is not None else Usage()
+        self.retry_after = retry_after
+
+
+class ModelUnavailable(LLMError, Transient):
+    """The service is failing (rate limits, overload, 5xx, timeouts): the same call may
+    succeed later, so the stage is retried with what was not finished."""
+
+
+class ModelRefused(LLMError, NeedsOperator):
+    """The service refuses the account or the configuration (key, billing, permissions,
+    unknown model): every call fails until an operator fixes it."""
+
+
+class UnusableAnswer(LLMError, Unusable):
+    """This request's answer (or the request itself) cannot be used; others are fine."""
 
 
 class LLMProvider(Protocol):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.errors import BadInput
 from jobs.ingest.containers import Limits, open_json_streams, sniff
+from worker.errors import BadInput
 from worker.settings import Settings
 
 from .conftest import LIMITS, write_gzip, write_zip, zip_bytes

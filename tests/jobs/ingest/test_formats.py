@@ -13,7 +13,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from jobs.errors import BadInput
 from jobs.ingest import formats
 from jobs.ingest.containers import GuardedStream, _Budget
 from jobs.ingest.formats import (
@@ -26,6 +25,7 @@ from jobs.ingest.formats import (
     parse_time,
 )
 from jobs.ingest.model import Conversation
+from worker.errors import BadInput
 
 from .conftest import gpt_conversation, gpt_message
 

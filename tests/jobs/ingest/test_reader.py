@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from jobs.errors import BadInput
 from jobs.ingest.chunker import ChunkConfig
 from jobs.ingest.inspect import inspect_export
 from jobs.ingest.reader import ReadStats, read_export
+from worker.errors import BadInput
 
 from .conftest import (
     LIMITS,

@@ -16,10 +16,18 @@ from jobs.domain.facts import MEMORY_SECTIONS, Facts, Project
 from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault, extract_facts
 from tests.fakes.plugin import anthropic_provider
 from worker.llm import limiter as limiter_module
-from worker.llm.anthropic_provider import AnthropicProvider, redact, retry_after_seconds
-from worker.llm.base import ExtractionInput, LLMError, LLMResult
+from worker.llm.anthropic_provider import AnthropicProvider, retry_after_seconds
+from worker.llm.base import (
+    ExtractionInput,
+    LLMError,
+    LLMResult,
+    ModelRefused,
+    ModelUnavailable,
+    UnusableAnswer,
+)
 from worker.llm.limiter import AdaptiveLimiter
 from worker.llm.prompts import SECTIONS_SYSTEM, sections_message
+from worker.redact import redact, register_secrets
 from worker.settings import Settings
 
 TRANSCRIPT = """\
@@ -176,19 +184,23 @@ async def test_gives_up_after_the_configured_retries(fake_anthropic: FakeAnthrop
     fake_anthropic.inject(Fault.overloaded(), times=5)
     with pytest.raises(LLMError, match=r"529 overloaded_error.*after 3 attempts") as info:
         await provider.extract_facts(item())
-    assert info.value.transient
+    assert isinstance(info.value, ModelUnavailable)
     assert len(fake_anthropic.calls("extract")) == 3
     await provider.aclose()
 
 
-@pytest.mark.parametrize(("status", "transient"), [(400, False), (401, True), (422, False)])
+@pytest.mark.parametrize(
+    ("status", "kind"), [(400, UnusableAnswer), (401, ModelRefused), (422, UnusableAnswer)]
+)
 async def test_client_errors_are_not_retried(
-    provider: AnthropicProvider, fake_anthropic: FakeAnthropicServer, status: int, transient: bool
+    provider: AnthropicProvider,
+    fake_anthropic: FakeAnthropicServer,
+    status: int,
+    kind: type[LLMError],
 ) -> None:
     fake_anthropic.inject(Fault("status", status=status, error_type="x_error", message="nope"))
-    with pytest.raises(LLMError, match=f"{status} x_error: nope") as info:
+    with pytest.raises(kind, match=f"{status} x_error: nope"):
         await provider.extract_facts(item())
-    assert info.value.transient is transient
     assert len(fake_anthropic.calls("extract")) == 1
 
 
@@ -201,7 +213,7 @@ async def test_wrong_api_key_is_an_authentication_error(
         FULLPASS_LLM="anthropic",
     )
     provider = AnthropicProvider(settings, use_global_limiter=False)
-    with pytest.raises(LLMError, match="401 authentication_error") as info:
+    with pytest.raises(ModelRefused, match="401 authentication_error") as info:
         await provider.extract_facts(item())
     assert "wrong-key" not in str(info.value)
     await provider.aclose()
@@ -220,12 +232,13 @@ async def test_api_key_never_appears_in_errors(
     text = str(info.value)
     assert key not in text
     assert "OTHERKEY" not in text
-    assert "[redacted]" in text
+    assert "[REDACTED]" in text
 
 
 def test_redact_and_retry_after_helpers() -> None:
-    assert redact("key sk-ant-api03-abc_DEF-1 end") == "key sk-ant-[redacted] end"
-    assert redact("secret=hunter2", ["hunter2"]) == "secret=[redacted]"
+    assert redact("key sk-ant-api03-abc_DEF-1xyz end") == "key [REDACTED] end"
+    register_secrets(["hunter2-secret"])
+    assert redact("it was hunter2-secret") == "it was [REDACTED]"
     assert retry_after_seconds({"retry-after": "2"}) == 2.0
     assert retry_after_seconds({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
     assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
@@ -259,7 +272,7 @@ async def test_unusable_twice_raises_invalid_answer(
     fake_anthropic.inject(Fault(fault), times=2)  # type: ignore[arg-type]
     with pytest.raises(LLMError, match=r"^invalid answer: ") as info:
         await provider.extract_facts(item())
-    assert not info.value.transient
+    assert isinstance(info.value, UnusableAnswer)
     assert info.value.usage.calls == 2
     assert info.value.usage.input_tokens == sum(
         r.input_tokens for r in fake_anthropic.calls("extract")
