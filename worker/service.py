@@ -35,7 +35,7 @@ from procrastinate.manager import get_channel_for_queues
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from worker import maintenance, queries, runner, tasks
+from worker import maintenance, queries, runner, search, tasks
 from worker.db import Conn, resolve_dsn
 from worker.llm import make_provider
 from worker.redact import error_text, register_secrets
@@ -485,6 +485,7 @@ async def run_worker(
         persist_retry_seconds=max(60.0, 2 * settings.stalled_seconds),
     )
     try:
+        await search.check_embedding_column(pool)  # a model that does not fit: refuse to start
         async with app.open_async(pool):
             background = [
                 asyncio.create_task(_sweeper(app, settings, worker), name="stalled-job sweeper"),
