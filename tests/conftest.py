@@ -75,7 +75,11 @@ def _schema_hash() -> str:
             digest.update(path.read_bytes())
     import procrastinate
 
+    from worker.search import configured_dimension
+
     digest.update(procrastinate.__version__.encode())
+    # The embedding column is created at the configured model's size.
+    digest.update(str(configured_dimension()).encode())
     return digest.hexdigest()[:12]
 
 

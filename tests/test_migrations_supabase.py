@@ -9,7 +9,9 @@ BYPASSRLS), default privileges granting ALL on everything new in ``public`` to
 ``auth.uid()``, and pgvector in ``extensions`` where the server has it. On it,
 the app's own ``user_profiles`` and ``conversation_chunks`` with their own RLS
 policies, trigger and indexes, some of them under the names fullpass's first
-schema used. The owner runs the migrations and the worker, as on Supabase.
+schema used, and (with pgvector) the app's ``embedding vector(1024)``: Cohere
+embed-english-v3 on Bedrock, which the worker is configured for too (on the
+fake Bedrock). The owner runs the migrations and the worker, as on Supabase.
 
 ``supabase_admin`` is a plain role here (owner of ``auth`` and ``extensions``,
 target of default privileges): the test's own superuser does the rest.
@@ -29,6 +31,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import USER_A, USER_B, fresh_database, make_settings, query
+from tests.fakes.fake_bedrock import FakeBedrockServer
 from tests.helpers import running_worker, submit, wait_status
 from tests.test_security import denied, session, visible
 from worker import migrate
@@ -366,11 +369,19 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def cli_env(
-    supabase_db: SupabaseDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    supabase_db: SupabaseDb,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake_bedrock: FakeBedrockServer,
 ) -> Iterator[None]:
-    """``fullpass`` commands against the Supabase-shaped database, as its owner."""
+    """``fullpass`` commands against the Supabase-shaped database, as its owner.
+
+    Embeddings are the app's: Cohere on Bedrock (the fake), 1024 dimensions.
+    """
     monkeypatch.setenv("DATABASE_URL", supabase_db.owner)
     monkeypatch.setenv("FULLPASS_HOME", str(tmp_path / "home"))
+    for name, value in fake_bedrock.settings_env("cohere.embed-english-v3").items():
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
@@ -387,6 +398,7 @@ async def test_up_import_rls_down_leaves_the_apps_schema_and_grants_as_they_were
 ) -> None:
     db = supabase_db
     before = snapshot(db)
+    pgvector = bool(query(db.admin, "select 1 from pg_extension where extname = 'vector'"))
     # signed-in users read some of the chunks' columns, not the whole table
     assert ("conversation_chunks", "authenticated", "SELECT") not in {
         (t, grantee, p) for t, _, grantee, p, _ in before["table_privileges"]
@@ -407,7 +419,16 @@ async def test_up_import_rls_down_leaves_the_apps_schema_and_grants_as_they_were
         "fullpass_conversation_chunks_user_idx",
         "fullpass_conversation_chunks_import_chunk_key",
         "fullpass_user_profiles_user_id_idx",
+        "fullpass_conversation_chunks_fts_idx",
     } <= names
+    # the app's embedding column is left as it is; the vector index stands beside it
+    assert ("fullpass_conversation_chunks_embedding_idx" in names) == pgvector
+    embedding = query(
+        db.admin,
+        "select format_type(atttypid, atttypmod) as type from pg_attribute"
+        " where attrelid = 'public.conversation_chunks'::regclass and attname = 'embedding'",
+    )
+    assert embedding == ([{"type": "extensions.vector(1024)"}] if pgvector else [])
     ledger = query(db.admin, "select table_name, column_name from fullpass_schema_additions")
     recorded = {(r["table_name"], r["column_name"]) for r in ledger}
     assert {
@@ -419,7 +440,15 @@ async def test_up_import_rls_down_leaves_the_apps_schema_and_grants_as_they_were
         ("user_profiles", "index:fullpass_user_profiles_user_id_idx"),
         ("user_profiles", "constraint:fullpass_user_profiles_full_pass_status_check"),
         ("user_profiles", "memory_md"),
+        ("conversation_chunks", "fullpass_fts"),
+        ("conversation_chunks", "embedding_model"),
+        ("conversation_chunks", "index:fullpass_conversation_chunks_fts_idx"),
+        ("user_profiles", "embedding_status"),
+        ("user_profiles", "constraint:fullpass_user_profiles_embedding_status_check"),
     } <= recorded
+    assert ("conversation_chunks", "embedding") not in recorded  # the app's
+    hnsw = ("conversation_chunks", "index:fullpass_conversation_chunks_embedding_idx")
+    assert (hnsw in recorded) == pgvector
     assert not {what for _, what in recorded} & {"*", "rls:enabled"}  # the app's, RLS already on
     for _, what in recorded:  # every object fullpass put on the app's tables is named as its own
         assert ":" not in what or what.split(":", 1)[1].startswith("fullpass_"), what
@@ -462,11 +491,24 @@ async def test_up_import_rls_down_leaves_the_apps_schema_and_grants_as_they_were
                     "update user_profiles set soul_md = 'edited' where user_id = %s", (user,)
                 )
                 assert updated.rowcount == expected
+            # search_chunks runs as the caller: their own chunks, whoever they ask for
+            for user in (me, other):
+                found = conn.execute(
+                    "select distinct c.user_id::text as u from public.search_chunks(%s,"
+                    " 'written by the app') s join conversation_chunks c on c.id = s.id",
+                    (user,),
+                ).fetchall()
+                assert found == ([{"u": str(me)}] if user == me else []), (me, user)
     with session(db.authenticator, "anon") as conn:
         for table in (*APP_TABLES, "imports", "procrastinate_jobs", "fullpass_saved_privileges"):
             denied(conn, sql.SQL("select * from public.{}").format(sql.Identifier(table)))
+        denied(conn, "select * from public.search_chunks(%s, 'app')", (USER_A,))
     with session(db.authenticator, "service_role") as conn:
         assert visible(conn, "user_profiles") == {str(USER_A), str(USER_B)}
+        found = conn.execute(
+            "select title from public.search_chunks(%s, 'written by the app')", (USER_B,)
+        ).fetchall()
+        assert found == [{"title": "theirs"}]
 
     code, out, _ = cli(capsys, "migrate", "--downgrade")
     assert (code, out.strip()) == (0, "database at revision base: fullpass removed")

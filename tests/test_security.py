@@ -384,15 +384,26 @@ def plain_column(dsn: str, table: str) -> str:
 
 
 def test_no_function_is_executable_by_the_api_roles(db_dsn: str) -> None:
-    """Apart from extension functions, anon/authenticated may call only the stage list."""
-    assert executable_functions(db_dsn) == {
-        ("anon", "fullpass_stages()"),
-        ("authenticated", "fullpass_stages()"),
-    }
+    """Apart from extension functions, anon/authenticated may call only the stage list,
+    and signed-in users the search (row-level security keeps it to their rows)."""
+    assert executable_functions(db_dsn) == api_functions(db_dsn)
     procrastinate = query(
         db_dsn, "select count(*) as n from pg_proc where proname like 'procrastinate%%'"
     )
     assert procrastinate[0]["n"] > 10  # the check above did cover procrastinate's API
+
+
+def api_functions(dsn: str) -> set[tuple[str, str]]:
+    """What the API roles may call: the stage list, and search_chunks for signed-in users.
+
+    search_chunks takes ``query_embedding vector``, or ``real[]`` without pgvector.
+    """
+    search = query(dsn, "select 'public.search_chunks'::regproc::regprocedure::text as fn")
+    return {
+        ("anon", "fullpass_stages()"),
+        ("authenticated", "fullpass_stages()"),
+        ("authenticated", search[0]["fn"]),
+    }
 
 
 def executable_functions(dsn: str) -> set[tuple[str, str]]:
@@ -534,10 +545,7 @@ def test_supabase_default_privileges_do_not_open_anything(empty_db_dsn: str) -> 
         " and has_column_privilege('authenticated', 'public.imports', c.column_name, 'INSERT')",
     )
     assert {r["column_name"] for r in columns} == set(USER_COLUMNS)
-    assert executable_functions(empty_db_dsn) == {
-        ("anon", "fullpass_stages()"),
-        ("authenticated", "fullpass_stages()"),
-    }
+    assert executable_functions(empty_db_dsn) == api_functions(empty_db_dsn)
 
 
 # --------------------------------------------------------------------------- secrets

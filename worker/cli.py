@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from worker.errors import NeedsOperator
         from worker.operator import OperatorError
 
-        if not isinstance(exc, CliError | OperatorError):
+        if not isinstance(exc, CliError | OperatorError | NeedsOperator):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -92,6 +93,20 @@ def _parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("health", help="exit non-zero when the pipeline is unhealthy")
     h.add_argument("--stuck-minutes", type=float, default=30.0)
+
+    se = sub.add_parser("search", help="search a user's chunks as the app does (search_chunks)")
+    se.add_argument("query")
+    se.add_argument("--user", required=True, help="the user's UUID")
+    se.add_argument("-k", type=int, default=10, help="hits to show, 1 to 200 (default 10)")
+    se.add_argument(
+        "--tier",
+        dest="tiers",
+        action="append",
+        default=None,
+        metavar="TIER",
+        help="only chunks of this tier (micro, medium, macro); repeatable; default all",
+    )
+    se.add_argument("--jsonl", action="store_true", help="print every hit as a JSON line")
 
     sub.add_parser("memory", help="print the MEMORY of an import's user").add_argument("import_id")
     d = sub.add_parser("demo", help="run the bundled sample export end to end")
@@ -222,6 +237,28 @@ def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg
+
+    from worker import search
+
+    user = _uuid(args.user, "user id")
+    if not 1 <= args.k <= search.MAX_MATCHES:
+        raise CliError(f"-k must be between 1 and {search.MAX_MATCHES}, not {args.k}")
+    try:
+        hits = asyncio.run(search.search(settings, user, args.query, k=args.k, tiers=args.tiers))
+    except psycopg.errors.UndefinedFunction:
+        raise CliError("public.search_chunks does not exist: run `fullpass migrate`") from None
+    if args.jsonl:
+        if hits:
+            print(search.render_jsonl(hits))
+    elif hits:
+        print(search.render_table(hits, args.query))
+    else:
+        print("no matches")
+    return 0
+
+
 def cmd_memory(settings: Settings, args: argparse.Namespace) -> int:
     from worker import operator
 
@@ -247,6 +284,7 @@ _COMMANDS: dict[str, Any] = {
     "cancel": cmd_cancel,
     "inspect": cmd_inspect,
     "health": cmd_health,
+    "search": cmd_search,
     "memory": cmd_memory,
     "demo": cmd_demo,
 }

@@ -3,7 +3,9 @@
 Unhealthy when the database cannot be reached, when no worker has sent a
 heartbeat recently, when an import is pending or processing with no job
 queued or running (reported at once: nothing will move it until a worker
-repairs it), or when an import has not moved for longer than the threshold.
+repairs it), when an import has not moved for longer than the threshold, or
+when the configured embeddings model's vectors do not fit
+``conversation_chunks.embedding`` (no worker would start).
 Meant for liveness probes and cron alerts: it exits non-zero.
 """
 
@@ -15,8 +17,10 @@ from typing import Any
 
 import psycopg
 
-from worker import maintenance, queries
+from worker import maintenance, queries, search
 from worker.db import connect, resolve_dsn
+from worker.embeddings import check_dimension
+from worker.errors import NeedsOperator
 from worker.redact import error_text
 from worker.settings import Settings
 
@@ -27,6 +31,8 @@ class HealthReport:
     fresh_workers: int = 0
     stuck_imports: list[dict[str, Any]] = field(default_factory=list)
     orphaned_imports: list[dict[str, Any]] = field(default_factory=list)
+    #: The size of conversation_chunks.embedding (None: no column, or any size).
+    embedding_dimension: int | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -40,6 +46,7 @@ class HealthReport:
             "fresh_workers": self.fresh_workers,
             "stuck_imports": self.stuck_imports,
             "orphaned_imports": self.orphaned_imports,
+            "embedding_dimension": self.embedding_dimension,
             "problems": self.problems,
         }
 
@@ -65,12 +72,18 @@ async def check(settings: Settings, *, stuck_minutes: float = 30.0) -> HealthRep
                     )
                 ).fetchall()
                 report.orphaned_imports = [dict(r) for r in orphaned]
+                report.embedding_dimension = await search.column_dimension(conn)
             except psycopg.Error as exc:
                 report.problems.append(f"health query failed: {error_text(exc)}")
                 return report
     except Exception as exc:
         report.problems.append(f"database unreachable: {error_text(exc)}")
         return report
+    if report.embedding_dimension is not None:
+        try:
+            check_dimension(search.embedding_settings(), report.embedding_dimension)
+        except NeedsOperator as exc:
+            report.problems.append(str(exc))
     if report.fresh_workers == 0:
         report.problems.append(
             f"no worker has sent a heartbeat in the last {settings.stalled_seconds:g}s"

@@ -22,9 +22,24 @@ def alembic_config(dsn: str) -> Config:
     return cfg
 
 
-def upgrade(dsn: str, revision: str = "head") -> None:
-    """Apply the migrations, then store the worker's option rules for the insert check."""
-    command.upgrade(alembic_config(dsn), revision)
+def upgrade(dsn: str, revision: str = "head", *, embedding_dimension: int | None = None) -> None:
+    """Apply the migrations, then store the worker's option rules for the insert check.
+
+    ``conversation_chunks.embedding``, where fullpass creates it, gets the
+    vector size of the configured embeddings model (``FULLPASS_EMBEDDINGS*``),
+    or ``embedding_dimension`` when given: the worker refuses to start against
+    a column of another size, so the two must agree from the first migration.
+    With embeddings off (and no ``embedding_dimension``) the revisions keep
+    their own default.
+    """
+    from worker.search import MAX_DIMENSION, configured_dimension
+
+    dimension = configured_dimension() if embedding_dimension is None else embedding_dimension
+    if dimension is not None and not 1 <= dimension <= MAX_DIMENSION:
+        raise ValueError(f"embedding dimension {dimension} is not between 1 and {MAX_DIMENSION}")
+    cfg = alembic_config(dsn)
+    cfg.attributes["embedding_dimension"] = dimension
+    command.upgrade(cfg, revision)
     sync_options_schema(dsn)
 
 

@@ -449,3 +449,23 @@ STORE_OPTIONS_SCHEMA: LiteralString = """
 INSERT INTO public.fullpass_options_schema (id, schema) VALUES (true, %(schema)s)
 ON CONFLICT (id) DO UPDATE SET schema = EXCLUDED.schema, updated_at = now()
 """
+
+# --- search ---------------------------------------------------------------------
+
+#: The type and declared size of ``conversation_chunks.embedding`` (no row: no column).
+EMBEDDING_COLUMN: LiteralString = """
+SELECT t.typname AS type, nullif(a.atttypmod, -1) AS dimension
+  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+ WHERE a.attrelid = to_regclass('public.conversation_chunks') AND a.attname = 'embedding'
+   AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+#: The app's retrieval (revision 0005). ``embedding`` is sent as text of unknown
+#: type: it becomes the function's ``vector`` (or, without pgvector, is NULL).
+SEARCH_CHUNKS: LiteralString = """
+SELECT id, conversation_id, title, content, created_at, chunk_tier, text_rank,
+       vector_similarity, score
+  FROM public.search_chunks(p_user_id => %(user_id)s::uuid, query_text => %(query)s::text,
+                            query_embedding => %(embedding)s, match_count => %(k)s::int,
+                            p_tiers => %(tiers)s::text[])
+"""

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from worker import maintenance, runner, tasks
+from worker import maintenance, runner, search, tasks
 from worker.db import Conn, resolve_dsn
 from worker.llm import make_provider
 from worker.queue import ResilientWorker, is_database_error, sweeper
@@ -116,6 +116,7 @@ async def run_worker(
         persist_retry_seconds=max(60.0, 2 * settings.stalled_seconds),
     )
     try:
+        await search.check_embedding_column(pool)  # a model that does not fit: refuse to start
         async with app.open_async(pool):
             background = [
                 asyncio.create_task(sweeper(app, settings, worker), name="stalled-job sweeper"),

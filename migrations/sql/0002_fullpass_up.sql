@@ -156,6 +156,10 @@ SELECT public.fullpass_add_column('conversation_chunks', 'content_hash', 'text')
 DO $$
 DECLARE
     vector_schema name;
+    -- The configured embeddings model's vector size, set by `fullpass migrate`
+    -- (worker.migrate); 1536 when the migration runs without it.
+    dimension int := coalesce(
+        nullif(current_setting('fullpass.embedding_dimension', true), '')::int, 1536);
 BEGIN
     -- Embeddings are backfilled later; the column exists only where pgvector does.
     BEGIN
@@ -169,7 +173,7 @@ BEGIN
      WHERE e.extname = 'vector';
     IF vector_schema IS NOT NULL THEN
         PERFORM public.fullpass_add_column('conversation_chunks', 'embedding',
-                                           format('%I.vector(1536)', vector_schema));
+                                           format('%I.vector(%s)', vector_schema, dimension));
     END IF;
 END
 $$;
