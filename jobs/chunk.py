@@ -11,16 +11,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Literal
 
 from jobs.context import ReplaceChunks, StageContext, StageResult
+from jobs.domain import rules
 from jobs.download import local_export
-from jobs.ingest.chunker import TIER_TOKENS, ChunkConfig, chunk_conversation
+from jobs.ingest.chunker import TIER_TOKENS, ChunkConfig, chunk_conversation, extraction_tier
 from jobs.ingest.model import Chunk
 from jobs.ingest.reader import Limits, ReadStats, read_export
 from jobs.outputs import ChunkOutput
 from worker.errors import BadInput
+from worker.store import SavedFacts
 
 PROGRESS_EVERY = 2000  # conversations
+
+
+def saved_facts_of(chunk: Chunk) -> list[SavedFacts]:
+    """The chunk's saved memories and custom instructions, filed as facts by the rules."""
+    out = []
+    for ordinal, message in enumerate(chunk.saved):
+        kind: Literal["memory", "instructions"] = (
+            "instructions" if message.kind == "instructions" else "memory"
+        )
+        facts = rules.saved_facts(kind, message.text)
+        if facts.count():
+            out.append(SavedFacts(ordinal, kind, message.time, facts))
+    return out
 
 
 def chunk_config(ctx: StageContext) -> ChunkConfig:
@@ -34,10 +50,13 @@ async def chunk(ctx: StageContext) -> StageResult:
     stats = ReadStats()
     now = datetime.now(UTC)
 
-    def rows() -> Iterator[Chunk]:
+    tier = extraction_tier(config.tiers)
+
+    def rows() -> Iterator[tuple[Chunk, list[SavedFacts]]]:
         try:
             for conv in read_export(path, limits, stats):
-                yield from chunk_conversation(conv, namespace=ctx.imp.id, now=now, config=config)
+                for c in chunk_conversation(conv, namespace=ctx.imp.id, now=now, config=config):
+                    yield c, saved_facts_of(c) if c.chunk_tier == tier else []
         except BadInput as exc:
             # Name the upload the operator knows, not this machine's scratch copy.
             raise BadInput(str(exc).replace(path.name, ctx.imp.storage_path)) from None

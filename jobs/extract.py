@@ -33,9 +33,9 @@ from typing import Any
 
 from jobs.context import StageContext, StageResult
 from jobs.domain.facts import Facts, Item, text_of
+from jobs.domain.transcript import condense_transcript, novel_part
 from jobs.outputs import BatchState, ChunkOutput, ExtractOutput, Parked
 from worker.errors import StaleJob, Transient
-from worker.llm import offline
 from worker.llm.base import (
     BatchProvider,
     ExtractionInput,
@@ -50,88 +50,13 @@ from worker.store import ChunkRef, ChunkText, FactsRow
 
 logger = logging.getLogger("fullpass.extract")
 
-ASSISTANT_CONTEXT_CHARS = 120
-MAX_MESSAGE_CHARS = 5000
 #: How often the map step publishes its progress and checks that its import
 #: was not cancelled or requeued meanwhile (its checkpoints are fenced anyway).
 PROGRESS_SECONDS = 1.0
 
-_SPEAKER = re.compile(r"^(User|Assistant|Saved memory|Custom instructions)(?: \(continued\))?:\s?")
 PAGE = 200  # chunk contents read per query
 FIRST_PAGE = 25
 BATCH_SIZE = 10_000  # requests per Message Batch
-
-
-def condense_transcript(
-    content: str,
-    *,
-    assistant_chars: int = ASSISTANT_CONTEXT_CHARS,
-    max_message_chars: int = MAX_MESSAGE_CHARS,
-) -> str:
-    """Keep user turns (capped per message), trim assistant turns to an excerpt.
-
-    Returns "" when the chunk holds no user text at all: nothing to extract.
-    """
-    out: list[str] = []
-    speaker = ""
-    budget = 0
-    has_user = False
-    for line in content.splitlines():
-        m = _SPEAKER.match(line)
-        if m:
-            speaker = m.group(1)
-            budget = assistant_chars if speaker == "Assistant" else max_message_chars
-        if speaker == "Assistant":
-            if budget <= 0:
-                continue
-            piece = line[:budget]
-            budget -= len(line)
-            out.append(piece + ("…" if budget < 0 else ""))
-        else:
-            if budget <= 0:
-                continue
-            piece = line[:budget]
-            budget -= len(line) + 1
-            if piece.strip() and speaker:
-                has_user = True
-            out.append(piece)
-    return "\n".join(out).strip() if has_user else ""
-
-
-#: How far back from the end of a chunk its overlap with the next one is looked for.
-OVERLAP_SEARCH_CHARS = 1600
-_OVERLAP_PROBE_CHARS = 64
-_LABELS = re.compile(_SPEAKER.pattern, re.M)  # every speaker label of a text
-
-
-def novel_part(previous: str, content: str) -> str:
-    """``content`` without the text it repeats from the end of ``previous``.
-
-    Consecutive chunks of a conversation overlap (~200 tokens) so that search
-    finds a fact whole; for extraction that text is sent once, with the
-    earlier chunk, and the facts in it are not recorded twice. The rest keeps
-    its speaker ("User (continued): ..."). Returns ``content`` unchanged when
-    it does not start with the end of ``previous``; "" when it holds nothing
-    else.
-    """
-    label = _SPEAKER.match(content)
-    continued = label is not None and "(continued)" in label.group(0)
-    body = content[label.end() :] if label is not None and continued else content
-    probe = body[:_OVERLAP_PROBE_CHARS]
-    if len(probe) < 16:
-        return content
-    at = previous.find(probe, max(0, len(previous) - OVERLAP_SEARCH_CHARS))
-    if at < 0 or not body.startswith(previous[at:]):
-        return content
-    rest = body[len(previous) - at :].lstrip()
-    if not rest or _SPEAKER.match(rest):
-        return rest
-    speakers = _LABELS.findall(previous[at:])
-    if speakers:
-        return f"{speakers[-1]} (continued): {rest}"
-    if label is not None and continued:
-        return f"{label.group(1)} (continued): {rest}"
-    return rest
 
 
 async def extract(ctx: StageContext) -> StageResult:
@@ -197,6 +122,8 @@ class _Member:
     content_hash: str
     header: str
     transcript: str
+    #: What the chunk's saved memories and custom instructions were filed as.
+    saved: Facts
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +182,7 @@ async def _groups(
 
 def _group(items: list[tuple[ChunkText, str]]) -> _Group:
     members = tuple(
-        _Member(t.id, t.content_hash, _header(t), transcript) for t, transcript in items
+        _Member(t.id, t.content_hash, _header(t), transcript, t.saved) for t, transcript in items
     )
     first = items[0][0]
     if len(items) == 1:
@@ -361,9 +288,7 @@ async def _extract_group(
     try:
         result = await ctx.llm.extract_facts(group.item)
     except UnusableAnswer as exc:
-        rows = [
-            FactsRow(m.chunk_id, m.content_hash, direct_facts(m.transcript)) for m in group.members
-        ]
+        rows = [FactsRow(m.chunk_id, m.content_hash, Facts()) for m in group.members]
         return ctx.store.checkpoint_facts(rows, exc.usage, ctx.llm.model, error_text(exc))
     except ModelUnavailable as exc:
         state.transient_failures += len(group.members)
@@ -383,43 +308,29 @@ async def _record(
     state.extracted += len(group.members)
     shares = attribute(result.value, [m.transcript for m in group.members])
     rows = [
-        FactsRow(m.chunk_id, m.content_hash, with_direct_facts(f, m.transcript))
+        FactsRow(m.chunk_id, m.content_hash, without_saved_facts(f, m.saved))
         for m, f in zip(group.members, shares, strict=True)
     ]
     await ctx.store.checkpoint_facts(rows, result.usage, result.model or ctx.llm.model)
 
 
-def direct_facts(transcript: str) -> Facts:
-    """The facts of a chunk's saved memories and custom instructions, without the model.
+def without_saved_facts(facts: Facts, saved: Facts) -> Facts:
+    """``facts`` less those that restate the chunk's saved facts.
 
-    ChatGPT's saved memories (its ``bio`` tool) and the user's custom
-    instructions are facts about the user by construction: they enter the
-    facts whatever the model answers (or when it fails), filed by the offline
-    provider's rules.
+    Saved memories and custom instructions are filed as facts when the export
+    is chunked, with the dates they were saved, and reach reduce from there
+    whatever the model answers; the model sees them in the transcript too,
+    and its restatement of one is left out here, so each counts once.
     """
-    if "Saved memory" not in transcript and "Custom instructions" not in transcript:
-        return Facts()
-    label = {"memory": "Saved memory", "instructions": "Custom instructions"}
-    saved = [
-        f"{label[source]}: {text.strip()}"
-        for source, text in offline.user_turns(transcript)
-        if source in label and text.strip()
-    ]
-    return offline.extract("\n".join(saved)) if saved else Facts()
-
-
-def with_direct_facts(facts: Facts, transcript: str) -> Facts:
-    """``facts`` plus the chunk's direct facts the model did not already state."""
-    direct = direct_facts(transcript)
-    if not direct.count():
+    if not saved.count():
         return facts
-    known = [_stems(text_of(item)) for _, item in facts.items()]
+    known = [_stems(text_of(item)) for _, item in saved.items()]
 
-    def new(item: Item) -> bool:
+    def repeats(item: Item) -> bool:
         words = _stems(text_of(item))
-        return not any(len(words & k) >= FULL_MATCH * len(words) for k in known)
+        return bool(words) and any(len(words & k) >= FULL_MATCH * len(words) for k in known)
 
-    return Facts.of([*facts.items(), *((c, i) for c, i in direct.items() if new(i))])
+    return Facts.of((c, i) for c, i in facts.items() if not repeats(i))
 
 
 #: Share of a fact's words a chunk must hold to count as stating it in full.
@@ -568,19 +479,17 @@ async def _regroup(ctx: StageContext, custom_id: str, members: list[list[str]]) 
     """A submitted pack rebuilt from its chunk ids (for attributing its facts)."""
     texts = await ctx.store.chunk_texts([chunk_id for chunk_id, _ in members])
     by_id = {t.id: t for t in texts}
-    transcripts: list[str] = []
+    rebuilt: list[_Member] = []
     previous: ChunkText | None = None
-    for chunk_id, _ in members:
+    for chunk_id, content_hash in members:
         item = by_id.get(chunk_id)
         text = item.content if item else ""
         if item is not None and previous is not None and item.follows(previous):
             text = novel_part(previous.content, text)  # as it was sent
         previous = item
-        transcripts.append(condense_transcript(text))
-    return _Group(
-        tuple(_Member(c, h, "", t) for (c, h), t in zip(members, transcripts, strict=True)),
-        ExtractionInput(custom_id, "", "", "", None),
-    )
+        saved = item.saved if item else Facts()
+        rebuilt.append(_Member(chunk_id, content_hash, "", condense_transcript(text), saved))
+    return _Group(tuple(rebuilt), ExtractionInput(custom_id, "", "", "", None))
 
 
 def _parked(batch: BatchState, poll: float) -> StageResult:

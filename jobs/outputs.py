@@ -11,10 +11,12 @@ that message) instead of, say, publishing an empty MEMORY.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jobs.ingest.chunker import extraction_tier
+from jobs.ingest.model import Tier
 from worker.errors import FullpassError
 
 
@@ -58,8 +60,8 @@ class ChunkOutput(StageOutput):
 
     @property
     def extraction_tier(self) -> str:
-        """The tier the map step reads: medium when stored, else the first stored one."""
-        return "medium" if "medium" in self.tiers else self.tiers[0]
+        """The tier the map step reads (see :func:`jobs.ingest.chunker.extraction_tier`)."""
+        return extraction_tier(cast(list[Tier], self.tiers))
 
 
 class Parked(StageOutput):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from jobs.context import StageContext, StageResult
 from jobs.domain.sections import SECTION_NAMES, Sections
-from jobs.extract import condense_transcript
+from jobs.domain.transcript import condense_transcript
 from jobs.outputs import ExtractOutput, MemoryOutput, RegenerateOutput
 from worker.store import ScoredConversation
 

@@ -48,6 +48,7 @@ USER_TABLES = (
     "imports",
     "import_stages",
     "chunk_facts",
+    "chunk_saved_facts",
     "conversation_chunks",
     "user_profiles",
     "import_progress",
@@ -128,6 +129,12 @@ def one_of_each(dsn: str) -> dict[uuid.UUID, uuid.UUID]:
             dsn,
             "insert into public.chunk_facts (import_id, chunk_id, user_id, content_hash)"
             " values (%s, %s, %s, 'h')",
+            (import_id, chunk_id, user),
+        )
+        query(
+            dsn,
+            "insert into public.chunk_saved_facts (import_id, chunk_id, ordinal, user_id, kind,"
+            " facts) values (%s, %s, 0, %s, 'memory', '{}')",
             (import_id, chunk_id, user),
         )
     return imports

@@ -212,6 +212,16 @@ DELETE_CHUNKS: LiteralString = """
 DELETE FROM public.conversation_chunks WHERE import_id = %(import_id)s
 """
 
+DELETE_SAVED_FACTS: LiteralString = """
+DELETE FROM public.chunk_saved_facts WHERE import_id = %(import_id)s
+"""
+
+COPY_SAVED_FACTS: LiteralString = """
+COPY public.chunk_saved_facts (
+    import_id, chunk_id, ordinal, user_id, kind, said_at, facts, fact_count
+) FROM STDIN
+"""
+
 COPY_CHUNKS: LiteralString = """
 COPY public.conversation_chunks (
     id, user_id, import_id, conversation_id, title, content, token_count, chunk_index,
@@ -227,9 +237,13 @@ SELECT c.id::text AS id, c.content_hash
  ORDER BY c.created_at NULLS LAST, c.conversation_id, c.chunk_index
 """
 
+#: Chunk contents for the map step, with the facts their saved memories and
+#: custom instructions were filed as (to leave those out of the model's facts).
 CHUNKS_BY_ID: LiteralString = """
 SELECT c.id::text AS id, c.conversation_id, c.chunk_index, coalesce(c.title, '') AS title,
-       c.content, c.content_hash, c.created_at
+       c.content, c.content_hash, c.created_at,
+       (SELECT jsonb_agg(s.facts ORDER BY s.ordinal) FROM public.chunk_saved_facts s
+         WHERE s.import_id = c.import_id AND s.chunk_id = c.id) AS saved
   FROM public.conversation_chunks c
  WHERE c.import_id = %(import_id)s AND c.id = ANY(%(ids)s::uuid[])
 """
@@ -298,12 +312,21 @@ SELECT count(*) AS chunks,
   FROM public.chunk_facts WHERE import_id = %(import_id)s
 """
 
+#: Every usable fact of an import: the map step's, dated by their conversation,
+#: and the saved ones, dated when they were saved; oldest first.
 CHUNK_FACTS_WITH_DATES: LiteralString = """
-SELECT f.chunk_id::text AS chunk_id, f.facts, c.created_at, c.conversation_id
-  FROM public.chunk_facts f
-  LEFT JOIN public.conversation_chunks c ON c.id = f.chunk_id
- WHERE f.import_id = %(import_id)s AND f.error IS NULL
- ORDER BY c.created_at NULLS FIRST, f.chunk_id
+SELECT chunk_id, facts, created_at FROM (
+    SELECT f.chunk_id::text AS chunk_id, f.facts, c.created_at
+      FROM public.chunk_facts f
+      LEFT JOIN public.conversation_chunks c ON c.id = f.chunk_id
+     WHERE f.import_id = %(import_id)s AND f.error IS NULL AND f.fact_count > 0
+    UNION ALL
+    SELECT s.chunk_id::text, s.facts, coalesce(s.said_at, c.created_at)
+      FROM public.chunk_saved_facts s
+      LEFT JOIN public.conversation_chunks c ON c.id = s.chunk_id
+     WHERE s.import_id = %(import_id)s
+) facts
+ ORDER BY created_at NULLS FIRST, chunk_id
 """
 
 #: Conversations ranked for the regenerate sample: long, recent, fact-dense.

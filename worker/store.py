@@ -101,6 +101,8 @@ class ChunkText:
     content: str
     content_hash: str
     created_at: datetime | None
+    #: What the chunk's saved memories and custom instructions were filed as.
+    saved: Facts = field(default_factory=Facts)
 
     def follows(self, other: ChunkText) -> bool:
         """Whether this is the chunk right after ``other`` in the same conversation."""
@@ -149,16 +151,26 @@ class ScoredConversation:
 # --------------------------------------------------------------------------- final writes
 
 
+@dataclass(frozen=True, slots=True)
+class SavedFacts:
+    """The facts one saved memory (or the custom instructions) of a chunk was filed as."""
+
+    ordinal: int
+    kind: str
+    said_at: datetime | None
+    facts: Facts
+
+
 @dataclass(slots=True)
 class ReplaceChunks:
-    """Replace the import's chunks with ``rows`` (streamed into COPY).
+    """Replace the import's chunks, and their saved facts, with ``rows`` (streamed into COPY).
 
     ``rows`` is consumed in a worker thread (it may parse a large export);
     ``progress`` is awaited after each batch.
     """
 
     user_id: UUID
-    rows: Iterator[Chunk]
+    rows: Iterator[tuple[Chunk, Sequence[SavedFacts]]]
     progress: Callable[[], Awaitable[None]] | None = None
     written: int = 0
 
@@ -380,14 +392,34 @@ class Store:
 
     @staticmethod
     async def _replace_chunks(conn: Conn, fence: Fence, write: ReplaceChunks) -> None:
-        await conn.execute(queries.DELETE_CHUNKS, {"import_id": fence.import_id})
+        import_id, user_id = fence.import_id, write.user_id
+        await conn.execute(queries.DELETE_SAVED_FACTS, {"import_id": import_id})
+        await conn.execute(queries.DELETE_CHUNKS, {"import_id": import_id})
+        saved: list[tuple[Any, ...]] = []
         async with conn.cursor().copy(queries.COPY_CHUNKS) as copy:
             while batch := await asyncio.to_thread(_take, write.rows, COPY_BATCH):
-                for chunk in batch:
-                    await copy.write_row(_chunk_row(chunk, fence.import_id, write.user_id))
+                for chunk, chunk_saved in batch:
+                    await copy.write_row(_chunk_row(chunk, import_id, user_id))
+                    saved += [
+                        (
+                            import_id,
+                            chunk.id,
+                            s.ordinal,
+                            user_id,
+                            s.kind,
+                            s.said_at,
+                            s.facts.model_dump_json(),
+                            s.facts.count(),
+                        )
+                        for s in chunk_saved
+                    ]
                 write.written += len(batch)
                 if write.progress is not None:
                     await write.progress()
+        if saved:
+            async with conn.cursor().copy(queries.COPY_SAVED_FACTS) as copy:
+                for row in saved:
+                    await copy.write_row(row)
 
     @staticmethod
     async def _publish_profile(conn: Conn, write: PublishProfile) -> None:
@@ -406,7 +438,9 @@ class Store:
             await conn.execute(queries.INSERT_PROFILE, params)
 
 
-def _take(rows: Iterator[Chunk], n: int) -> list[Chunk]:
+def _take(
+    rows: Iterator[tuple[Chunk, Sequence[SavedFacts]]], n: int
+) -> list[tuple[Chunk, Sequence[SavedFacts]]]:
     return list(itertools.islice(rows, n))
 
 
@@ -428,6 +462,10 @@ def _chunk_row(c: Chunk, import_id: UUID, user_id: UUID) -> tuple[Any, ...]:
         c.created_at,
         c.content_hash,
     )
+
+
+def _merged(facts: list[dict[str, Any]]) -> Facts:
+    return Facts.of(item for raw in facts for item in Facts.model_validate(raw).items())
 
 
 class PgStageStore:
@@ -494,6 +532,7 @@ class PgStageStore:
                 r["content"],
                 r["content_hash"],
                 r["created_at"],
+                _merged(r["saved"] or []),
             )
             for r in (by_id.get(i) for i in ids)
             if r is not None

@@ -26,22 +26,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from jobs.ingest.model import Chunk, Conversation, Message, MessageKind, Role, Tier
+from jobs.domain.transcript import CONTINUED, label
+from jobs.ingest.model import Chunk, Conversation, Message, Tier
 
 CHARS_PER_TOKEN: Final = 4
 #: Window sizes of the non-default tiers. ``medium`` follows ``ChunkConfig.target_tokens``.
 TIER_TOKENS: Final[Mapping[Tier, int]] = {"micro": 500, "medium": 2000, "macro": 8000}
 MIN_TARGET_TOKENS: Final = 64
 
-_LABELS: Final[Mapping[tuple[Role, MessageKind], str]] = {
-    ("user", "text"): "User",
-    ("assistant", "text"): "Assistant",
-    ("user", "memory"): "Saved memory",
-    ("assistant", "memory"): "Saved memory",
-    ("user", "instructions"): "Custom instructions",
-    ("assistant", "instructions"): "Custom instructions",
-}
-_CONTINUED: Final = " (continued): "
 _MESSAGE_SEPARATOR: Final = "\n\n"
 #: The end of a line or of a sentence (closing quotes and brackets stay with it).
 _BOUNDARY = re.compile(
@@ -86,9 +78,9 @@ class ChunkConfig:
         return window, self.overlap_tokens * window // self.target_tokens
 
 
-def label(message: Message) -> str:
-    """How a message is introduced in a transcript line."""
-    return _LABELS[(message.role, message.kind)]
+def extraction_tier(tiers: Sequence[Tier]) -> Tier:
+    """The tier the map step reads: medium when stored, else the first stored one."""
+    return "medium" if "medium" in tiers else tiers[0]
 
 
 def render_transcript(messages: Sequence[Message]) -> str:
@@ -101,6 +93,7 @@ class _Transcript:
 
     def __init__(self, messages: Sequence[Message]) -> None:
         lines: list[str] = []
+        self.messages: list[Message] = []
         self.labels: list[str] = []
         self.starts: list[int] = []
         self.text_starts: list[int] = []
@@ -112,6 +105,7 @@ class _Transcript:
             name = label(message)
             if lines:
                 pos += len(_MESSAGE_SEPARATOR)
+            self.messages.append(message)
             self.labels.append(name)
             self.starts.append(pos)
             self.text_starts.append(pos + len(name) + 2)
@@ -144,7 +138,7 @@ def _plan(t: _Transcript, window_chars: int, overlap_chars: int) -> list[_Span]:
         index = t.message_at(pos)
         prefix = ""
         if pos > t.starts[index]:
-            prefix = t.labels[index] + _CONTINUED
+            prefix = t.labels[index] + CONTINUED
             # A hard cut can land inside the label itself: restart at the message text.
             pos = max(pos, t.text_starts[index])
         limit = pos + window_chars - len(prefix)
@@ -214,8 +208,17 @@ def chunk_conversation(
     for tier in config.tiers:
         window, overlap = config.budget(tier)
         spans = _plan(transcript, window * CHARS_PER_TOKEN, overlap * CHARS_PER_TOKEN)
+        filed = -1  # saved messages up to this index went with an earlier chunk
         for index, span in enumerate(spans):
             content = span.prefix + transcript.text[span.start : span.end]
+            saved = tuple(
+                m
+                for m in transcript.messages[
+                    max(filed + 1, span.first_message) : span.last_message + 1
+                ]
+                if m.kind != "text"
+            )
+            filed = max(filed, span.last_message)
             chunks.append(
                 Chunk(
                     id=str(uuid.uuid5(namespace, f"{conv.id}/{tier}/{index}")),
@@ -230,6 +233,7 @@ def chunk_conversation(
                     is_recent=recent,
                     created_at=conv.created_at,
                     content_hash=hashlib.sha256(content.encode("utf-8")).hexdigest(),
+                    saved=saved,
                 )
             )
     return chunks

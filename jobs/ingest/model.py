@@ -47,3 +47,7 @@ class Chunk:
     is_recent: bool
     created_at: datetime | None
     content_hash: str
+    #: The saved memories and custom instructions that start in this chunk:
+    #: facts about the user by construction (each is filed once, with the
+    #: first chunk that holds it).
+    saved: tuple[Message, ...] = ()

@@ -30,7 +30,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
-from jobs.extract import condense_transcript, novel_part
+from jobs.domain.transcript import condense_transcript, novel_part
 from tests.conftest import REPO, TEST_HOME, query
 from tests.fakes.fake_anthropic import (
     FakeAnthropicServer,

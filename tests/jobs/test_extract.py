@@ -12,16 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
+from jobs.domain import rules
 from jobs.domain.facts import Facts, Project
-from jobs.extract import (
-    _WORD,
-    _stems,
-    attribute,
-    condense_transcript,
-    direct_facts,
-    novel_part,
-    with_direct_facts,
-)
+from jobs.domain.transcript import condense_transcript, novel_part
+from jobs.extract import _WORD, _stems, attribute, without_saved_facts
 from tests.conftest import USER_A, make_settings, query
 from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault
 from tests.fakes.plugin import anthropic_provider
@@ -211,29 +205,26 @@ def test_novel_part_leaves_unrelated_or_all_overlap_chunks() -> None:
     assert novel_part(previous, "User (continued): short") == "User (continued): short"
 
 
-_SAVED = (
-    "User: can you remember this?\n"
-    "Assistant: Sure, saved.\n"
-    "Saved memory: Prefers dark mode in every editor.\n"
-    "Custom instructions: Answer tersely, with code first."
-)
+def test_saved_facts_are_filed_by_the_rules_every_sentence_kept() -> None:
+    memory = rules.saved_facts("memory", "Prefers dark mode in every editor.")
+    assert any("dark mode" in p for p in memory.preferences)
+    instructions = rules.saved_facts(
+        "instructions",
+        "Answer tersely, with code first. Use metric units. Never use emoji.\n"
+        "```python\nprint('example')\n```\nCall me Sam.",
+    )
+    texts = [text for _, item in instructions.items() for text in [str(item)]]
+    for said in ("Answer tersely", "metric units", "Never use emoji", "Call me Sam"):
+        assert any(said in t for t in texts), said
+    assert not any("```" in t or "print(" in t for t in texts)
 
 
-def test_saved_memories_and_instructions_enter_the_facts_directly() -> None:
-    direct = direct_facts(_SAVED)
-    assert any("dark mode" in p for p in direct.preferences)
-    assert "Custom instruction: Answer tersely, with code first." in direct.preferences
-    assert direct_facts("User: I like tea.\nAssistant: Noted.").count() == 0
-    # The model said nothing: the saved facts are kept anyway.
-    assert with_direct_facts(Facts(), _SAVED) == direct
-
-
-def test_direct_facts_do_not_repeat_what_the_model_said() -> None:
-    said = Facts(preferences=["Prefers dark mode in every editor."])
-    merged = with_direct_facts(said, _SAVED)
-    assert [p for p in merged.preferences if "dark mode" in p] == said.preferences
-    assert "Custom instruction: Answer tersely, with code first." in merged.preferences
-    assert said.preferences == ["Prefers dark mode in every editor."]  # not modified
+def test_what_the_model_restates_of_the_saved_facts_counts_once() -> None:
+    saved = rules.saved_facts("memory", "Prefers dark mode in every editor.")
+    said = Facts(preferences=["Prefers dark mode in every editor.", "Drinks oolong tea."])
+    kept = without_saved_facts(said, saved)
+    assert kept.preferences == ["Drinks oolong tea."]
+    assert without_saved_facts(said, Facts()) == said
 
 
 async def test_saved_memories_survive_a_model_that_only_answers_garbage(
@@ -251,8 +242,15 @@ async def test_saved_memories_survive_a_model_that_only_answers_garbage(
         (import_id,),
     )
     assert rows and all(r["error"] for r in rows if "Saved memory:" in r["content"])
+    # Filed when the export was chunked: whatever the model answers, they reach reduce.
+    saved_rows = query(
+        db_dsn,
+        "select s.facts, c.conversation_id from chunk_saved_facts s"
+        " join conversation_chunks c on c.id = s.chunk_id where s.import_id = %s",
+        (import_id,),
+    )
     found: dict[str, set[str]] = {}
-    for r in rows:
+    for r in saved_rows:
         texts = [json.dumps(items) for items in r["facts"].values()]
         found.setdefault(r["conversation_id"], set()).update(_stems(" ".join(texts)))
     saved = {

@@ -8,21 +8,15 @@ from datetime import date, datetime
 
 import pytest
 
-from jobs.domain.facts import MEMORY_SECTIONS, DateFact, Decision, Facts, Project
+from jobs.domain.facts import MEMORY_SECTIONS, DateFact, Decision, Facts, Project, normalise
 from jobs.domain.memory import NO_DATA
+from jobs.domain.rules import extract, parse_date
 from jobs.domain.sections import SECTION_NAMES
+from jobs.domain.transcript import sentences
 from tests.gen_export import generate
 from worker.llm.base import ExtractionInput, LLMProvider
-from worker.llm.offline import (
-    MODEL,
-    OfflineProvider,
-    extract,
-    normalise,
-    parse_date,
-    sentences,
-    third_person,
-    write_memory,
-)
+from worker.llm.offline import MODEL, OfflineProvider
+from worker.llm.offline.persona import third_person, write_memory
 
 
 def facts_of(*user_lines: str, today: date | None = None) -> Facts:

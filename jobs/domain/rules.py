@@ -1,100 +1,57 @@
-"""The ``offline`` provider: deterministic rules instead of a language model.
+"""The fact rules: durable facts from the user's own words, without a model.
 
-Why it exists: anyone can run the whole pipeline end to end (``make demo``,
-the test suite, a laptop without an API key) and get a plausible MEMORY and
-persona from their own export. It is honest about what it is: its ``model``
-is ``offline-rules-v1``, which the pipeline records as the model used.
+Only the user's own words count (``User:``, ``Saved memory:`` and
+``Custom instructions:`` turns; never ``Assistant:``). Each of their
+sentences that is a first-person statement of a durable fact ("I really
+prefer X", "I'm building X, a ...", "My X is on <date>", "I strongly believe
+X", "We decided to X because Y", "I work as X") becomes one fact; the rules
+are general patterns of such statements, not lists of topics. The fact keeps
+the user's own sentence (trimmed to start at its subject) so that it reads
+naturally and can be compared with what was said. Questions, hypotheticals
+and reported speech are skipped: a memory must hold what the user said about
+themselves. Saved memories and custom instructions are facts by construction:
+every sentence of them counts (:func:`saved_facts`).
 
-How it extracts: only the user's own words count (``User:``, ``Saved memory:``
-and ``Custom instructions:`` turns of the transcript; never ``Assistant:``).
-Each of their sentences that is a first-person statement of a durable fact
-("I really prefer X", "I'm building X, a ...", "My X is on <date>", "I
-strongly believe X", "We decided to X because Y", "I work as X") becomes one
-fact; the rules are general patterns of such statements, not lists of
-topics. The fact keeps the user's own
-sentence (trimmed to start at its subject) so that it reads naturally and
-can be compared with what was said. Questions, hypotheticals and reported
-speech are skipped: a memory must hold what the user said about themselves.
-
-Everything here is pure computation on strings with precompiled patterns:
-the extractor runs on every chunk of exports of 90 MB and more, so it only
-looks closely at the few places where a subject ("I", "we", "my") stands.
-MEMORY and the persona sections are templates filled from the facts.
+Used by the ``offline`` provider, by the chunk stage to file saved memories
+and custom instructions, and by the test suite's fake model. Everything here
+is pure computation on strings with precompiled patterns: the rules run on
+every chunk of exports of 90 MB and more, so they only look closely at the
+few places where a subject ("I", "we", "my") stands.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
 import re
 import string
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Final, Literal, TypeVar
 
-from jobs.domain.facts import DateFact, Decision, Facts, Project
-from jobs.domain.memory import fallback_memory, memory_sections
-from jobs.domain.sections import Section, Sections
-from worker.llm.base import ExtractionInput, LLMResult, Usage
-
-MODEL: Final = "offline-rules-v1"
+from jobs.domain.facts import DateFact, Decision, Facts, Project, normalise
+from jobs.domain.transcript import sentence_around, sentence_spans, turn_spans
 
 #: A fact longer than this is a run-on, not "one clear sentence": it is cut at
 #: a clause boundary, or dropped when it has none.
 MAX_FACT_CHARS: Final = 300
-#: At most this many sentences of one custom-instructions turn that match no
-#: rule are kept verbatim: instructions are valuable, pasted essays are not.
-MAX_INSTRUCTION_SENTENCES: Final = 12
 
 V = TypeVar("V")
 Source = Literal["user", "memory", "instructions"]
 Category = Literal["preferences", "projects", "dates", "beliefs", "decisions", "background"]
 
 
-def _wordset(words: str) -> frozenset[str]:
+def wordset(words: str) -> frozenset[str]:
     return frozenset(words.split())
 
 
 I = re.IGNORECASE  # noqa: E741 - the one flag almost every pattern below uses
 
-# --------------------------------------------------------------------------- transcript
+# --------------------------------------------------------------------------- saved facts
 
-#: A speaker label at the start of a line. ``jobs.extract`` renders turns as
-#: ``User:`` / ``Assistant:`` / ``Saved memory:`` / ``Custom instructions:``;
-#: the other spellings let hand-written or copied transcripts work too. Lines
-#: without a label continue the previous speaker's turn.
-_SPEAKER_LABEL: Final = (
-    r"[ \t]*(?:\*\*|__)?(?P<role>user|human|you|me|assistant|chatgpt|claude|gpt|ai|system|tool"
-    r"|saved[ \t]+memor(?:y|ies)|custom[ \t]+instructions?)(?:[ \t]+said)?(?:\*\*|__)?"
-    r"(?:[ \t]*\([^)\n]{0,40}\))?[ \t]*:(?:\*\*|__)?[ \t]?"
-)
-#: The label of the transcript's first line, and of every later line. Two
-#: patterns, because one that starts with the literal newline lets the regex
-#: engine skip ahead to line starts instead of trying every position.
-_SPEAKER_FIRST: Final = re.compile(_SPEAKER_LABEL, I)
-_SPEAKER: Final = re.compile(r"\n" + _SPEAKER_LABEL, I)
-_ROLE_SOURCE: Final[dict[str, Source | None]] = {
-    "user": "user",
-    "human": "user",
-    "you": "user",
-    "me": "user",
-    "saved memory": "memory",
-    "saved memories": "memory",
-    "custom instruction": "instructions",
-    "custom instructions": "instructions",
-}
+#: A fenced code block (closed or running to the end of the text).
+_CODE_BLOCK: Final = re.compile(r"^[ \t]*```.*?(?:^[ \t]*```[^\n]*$|\Z)", re.M | re.S)
 
-#: Sentence ends: terminal punctuation (and closing quotes) before whitespace,
-#: or a line break. "Next.js" and "3.5" do not end a sentence. (Starting with a
-#: character class lets the regex engine skip quickly to candidates.)
-_BOUNDARY: Final = re.compile(r"[.!?\n](?:(?<=\n)|[.!?]*[\"')\]\u201d]*(?=\s))")
-#: Words whose period ends an abbreviation, not a sentence.
-_ABBREVIATIONS: Final = _wordset(
-    "e.g i.e etc vs mr mrs ms dr prof st jr sr approx incl no jan feb mar apr jun jul aug sep "
-    "sept oct nov dec"
-)
 #: A leading label inside a memory or instruction ("User said:", "About me:").
 _LABEL: Final = re.compile(
     r"^(?:(?:the\s+)?user\s+(?:said|says|mentioned|mentions|noted|notes|stated|states|shared"
@@ -109,9 +66,10 @@ _SUBJECTLESS: Final = re.compile(
     I,
 )
 
+
 # --------------------------------------------------------------------------- fact rules
 
-_ADVERBS: Final = (
+ADVERBS: Final = (
     r"really|strongly|definitely|generally|usually|mostly|much|just|actually|personally"
     r"|always|still|totally|absolutely|genuinely|honestly|also|very\s+much|kind\s+of|kinda"
     r"|tend\s+to|never|only|mainly|primarily|exclusively|typically|normally|do|does|don't"
@@ -173,7 +131,7 @@ _DATE_DID: Final = re.compile(
 )
 
 _PREF_VERB: Final = re.compile(
-    rf"{_SUBJ_I}\s+(?P<adv>(?:(?:{_ADVERBS})\s+)*)"
+    rf"{_SUBJ_I}\s+(?P<adv>(?:(?:{ADVERBS})\s+)*)"
     r"(?P<verb>prefer|like|love|enjoy|adore|hate|dislike|detest|loathe|can't\s+stand"
     r"|cannot\s+stand|use|favou?r|swear\s+by|rely\s+on|avoid)(?:s|es)?\s+(?P<obj>.+)",
     I,
@@ -347,20 +305,20 @@ _SECOND_CLAUSE: Final = re.compile(
 )
 _CLAUSE_CUT: Final = re.compile(r";|\s[\u2014\u2013-]\s|,\s+(?:but|and|so|which|while)\b")
 
-_PROJECT_NOUNS: Final = _wordset(
+_PROJECT_NOUNS: Final = wordset(
     "app apps application project startup company business product game library framework "
     "tool toolkit website site platform service saas book novel thesis dissertation course "
     "podcast newsletter blog plugin extension bot chatbot engine compiler cli api sdk channel "
     "album marketplace dashboard agency shop store nonprofit prototype mvp crm tracker"
 )
 #: Verbs whose object is a project whatever it is called ("building a CRM").
-_MAKING: Final = _wordset(
+_MAKING: Final = wordset(
     "building developing creating designing prototyping bootstrapping launching running "
     "maintaining built founded "
     "co-founded cofounded created launched shipped released founder"
 )
 #: What one builds or writes in an afternoon: a task, not a project.
-_THROWAWAY: Final = _wordset(
+_THROWAWAY: Final = wordset(
     "email e-mail message letter reply response answer prompt question function functions method "
     "class query regex script component components page form list table chart graph "
     "presentation slide slides document doc report essay post tweet comment summary outline "
@@ -369,7 +327,7 @@ _THROWAWAY: Final = _wordset(
     "event meeting invite link query queries job"
 )
 #: Capitalised words that start an object but are not a project's name.
-_NOT_A_NAME: Final = _wordset(
+_NOT_A_NAME: Final = wordset(
     "the a an this that it my our some i python javascript typescript rust go java ruby php "
     "swift kotlin sql html css c c++ c# react vue node"
 )
@@ -398,23 +356,13 @@ _LEADING_RELATIVE: Final = re.compile(r"^[\s,;:\u2014\u2013-]*(?:(?:which|that)\
 _RELATIVE_TO_NAME: Final = re.compile(
     r"[\s,;:\u2014\u2013-]*(?:(?P<rel>which|that|and\s+it|it)\s+(?P<is>is\s+)?)?", I
 )
-_WS: Final = re.compile(r"\s+")
-_PUNCT: Final = re.compile(r"[^\w\s]")
+WS: Final = re.compile(r"\s+")
 _TRAILING: Final = re.compile(r"[\s.!,;:]+$")
 
 _PREFERENCE_WORDS: Final = re.compile(
     r"\b(?:prefers?|likes?|loves?|enjoys?|hates?|dislikes?|favou?rite|wants?|avoids?)\b", I
 )
 _BELIEF_WORDS: Final = re.compile(r"\b(?:believes?|values?|thinks?|convinced|principles?)\b", I)
-
-
-def normalise(text: str) -> str:
-    """Casefolded, punctuation-free, single-spaced: the key that finds duplicates.
-
-    Same rule as the reduce stage, so the offline consolidation and the
-    reducer agree on what "the same fact" is.
-    """
-    return " ".join(_PUNCT.sub(" ", text.casefold()).split())
 
 
 # --------------------------------------------------------------------------- dates
@@ -465,7 +413,7 @@ def _month(name: str) -> int:
     return _MONTHS[name.rstrip(".").casefold()]
 
 
-def _date_sort_key(text: str) -> tuple[int, int, int, int]:
+def date_sort_key(text: str) -> tuple[int, int, int, int]:
     """Chronological order for dates written in any of the accepted forms.
 
     Full and partial dates with a year come first, in order; month-day dates
@@ -500,98 +448,6 @@ class _Found:
     value: str | Project | DateFact | Decision
 
 
-def user_turns(transcript: str) -> Iterator[tuple[Source, str]]:
-    """The text of each turn the user wrote (or had saved), with its kind."""
-    for source, start, end in _turn_spans(transcript):
-        yield source, transcript[start:end]
-
-
-def _turn_spans(transcript: str) -> Iterator[tuple[Source, int, int]]:
-    """Where each of the user's turns (or saved facts) starts and ends, with its kind.
-
-    Text before the first speaker label belongs to a turn that started in an
-    earlier chunk and whose speaker is unknown: it is skipped, because it may
-    be the assistant's.
-    """
-    first = _SPEAKER_FIRST.match(transcript)
-    labels = _SPEAKER.finditer(transcript, first.end() if first else 0)
-    source: Source | None = None
-    start = 0
-    for m in itertools.chain([first] if first else [], labels):
-        if source is not None:
-            yield source, start, m.start()
-        role = m.group("role").casefold()
-        source = _ROLE_SOURCE.get(role) or _ROLE_SOURCE.get(" ".join(role.split()))
-        start = m.end()
-    if source is not None:
-        yield source, start, len(transcript)
-
-
-def sentences(text: str) -> Iterator[str]:
-    """Sentences of a turn: split at ``.``, ``!``, ``?`` and line breaks."""
-    for start, end in _sentence_spans(text):
-        yield text[start:end]
-
-
-def _sentence_spans(text: str) -> Iterator[tuple[int, int]]:
-    """Where each sentence of ``text`` starts and ends, surrounding space excluded."""
-    start = 0
-    for m in _BOUNDARY.finditer(text):
-        if not _is_abbreviation(text, start, m.start(), m.end()):
-            yield from _stripped(text, start, m.end())
-            start = m.end()
-    yield from _stripped(text, start, len(text))
-
-
-def _sentence_around(text: str, at: int, lo: int, hi: int) -> tuple[int, int] | None:
-    """The sentence of ``text[lo:hi]`` that holds index ``at`` (same rules as above).
-
-    Looking around one index is much cheaper than splitting a whole turn when
-    only a few of its sentences can hold a fact.
-    """
-    start = lo
-    for end_mark in (". ", "! ", "? ", "\n"):
-        k = text.rfind(end_mark, start, at)
-        while end_mark == ". " and k != -1 and _is_abbreviation(text, start, k, k + 1):
-            k = text.rfind(end_mark, start, k)
-        if k != -1:
-            start = k + len(end_mark)
-    end = hi
-    pos = at
-    while (m := _BOUNDARY.search(text, pos, hi)) is not None:
-        if not _is_abbreviation(text, start, m.start(), m.end()):
-            end = m.end()
-            break
-        pos = m.end()
-    return next(_stripped(text, start, end), None)
-
-
-def _is_abbreviation(text: str, start: int, stop: int, end: int) -> bool:
-    """Whether the period at ``stop`` ends an abbreviation or an initial, not a sentence.
-
-    ("e.g.", "Dr.", "J.", "U.S.")
-    """
-    if end - stop != 1 or text[stop] != ".":
-        return False
-    space = text.rfind(" ", start, stop)
-    if stop - space > 6:
-        return False
-    word = text[max(start, space + 1) : stop].lstrip("(\"'")
-    return (
-        word.casefold() in _ABBREVIATIONS
-        or (len(word) == 1 and word.isupper())
-        or (len(word) > 2 and word[-2] == ".")
-    )
-
-
-def _stripped(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
-    piece = text[start:end]
-    body = piece.strip()
-    if body:
-        first = start + len(piece) - len(piece.lstrip())
-        yield first, first + len(body)
-
-
 class _Extractor:
     """Applies the rules to one transcript; one instance per call."""
 
@@ -600,9 +456,12 @@ class _Extractor:
         self.found: list[_Found] = []
 
     def saved(self, source: Source, text: str) -> None:
-        """A saved memory or custom instructions: every sentence counts."""
-        unmatched = 0
-        for start, end in _sentence_spans(text):
+        """A saved memory or custom instructions: every sentence the user wrote counts.
+
+        Code (fenced blocks, as instructions often carry examples) is not a fact.
+        """
+        text = _CODE_BLOCK.sub("\n", text)
+        for start, end in sentence_spans(text):
             sentence = _LABEL.sub("", text[start:end], count=1).strip()
             if _SUBJECTLESS.match(sentence):
                 sentence = "User " + sentence[0].lower() + sentence[1:]
@@ -611,8 +470,7 @@ class _Extractor:
             fact = self.sentence(sentence, third_person=True)
             if fact is not None:
                 self.found.append(fact)
-            elif unmatched < MAX_INSTRUCTION_SENTENCES:
-                unmatched += 1
+            else:
                 self.found.append(_verbatim(source, sentence))
 
     def user_turn(self, text: str, lo: int, hi: int, candidates: Iterable[tuple[int, str]]) -> None:
@@ -625,7 +483,7 @@ class _Extractor:
         for at, family in candidates:
             if span is None or at >= span[1]:
                 self._sentence_at(text, span, here)
-                span, here = _sentence_around(text, at, lo, hi), []
+                span, here = sentence_around(text, at, lo, hi), []
             if span is not None:
                 here.append((at - span[0], family))
         self._sentence_at(text, span, here)
@@ -674,7 +532,7 @@ class _Extractor:
     ) -> _Found | None:
         subj = m.group("subj")
         start = m.start("subj")
-        if not third_person and _is_third_person(subj):
+        if not third_person and is_third_person(subj):
             return None  # "the user ..." in a user's own turn is about their app's users
         if _HEDGE_BEFORE.search(sentence, 0, start):
             return None
@@ -692,7 +550,7 @@ def _is_question(sentence: str) -> bool:
     return sentence.rstrip("\"')]\u201d ").endswith("?")
 
 
-def _is_third_person(subject: str) -> bool:
+def is_third_person(subject: str) -> bool:
     return subject.casefold().lstrip().startswith(("user", "the user"))
 
 
@@ -706,7 +564,7 @@ def _clip(text: str, body: int) -> str | None:
     second = _SECOND_CLAUSE.search(text, body)
     if second is not None:
         text = text[: second.start()]
-    text = _WS.sub(" ", text).strip()
+    text = WS.sub(" ", text).strip()
     if len(text) > MAX_FACT_CHARS:
         cut = _CLAUSE_CUT.search(text, 20)
         if cut is None or cut.start() > MAX_FACT_CHARS:
@@ -776,7 +634,7 @@ def _background(ex: _Extractor, m: re.Match[str], text: str) -> Decision | None:
 
 
 def _date_fact(ex: _Extractor, m: re.Match[str], text: str) -> DateFact | None:
-    event = _WS.sub(" ", m.group("event")).strip()
+    event = WS.sub(" ", m.group("event")).strip()
     if not event or _VAGUE_OBJECT.fullmatch(event):
         return None
     if event.casefold() == "was born":
@@ -832,7 +690,7 @@ def _project(ex: _Extractor, m: re.Match[str], text: str) -> Project | None:
     if not words or len(words) > 6 or not _PROJECT_NOUNS.intersection(words):
         # "I'm writing an email", "I'm working on a bug": not a project. After
         # "building" or "founded", anything but a throwaway artefact is one.
-        verb = _WS.sub(" ", m.groupdict().get("verb") or "founder").casefold()
+        verb = WS.sub(" ", m.groupdict().get("verb") or "founder").casefold()
         if (
             not words
             or len(words) > 6
@@ -852,7 +710,7 @@ def _my_project(ex: _Extractor, m: re.Match[str], text: str) -> Project | None:
     name, rest = found[0].strip(" ,"), found[1]
     relative = _RELATIVE_TO_NAME.match(rest)
     rest = rest[relative.end() :].strip() if relative else rest.strip(" ,;:")
-    kind = _WS.sub(" ", m.group("kind")).strip().casefold()
+    kind = WS.sub(" ", m.group("kind")).strip().casefold()
     if not rest:
         return Project(name=name, description=kind, details="")
     joiner = " that " if relative and relative.group("rel") and not relative.group("is") else ": "
@@ -913,9 +771,9 @@ _SUBJECT_KEYS: Final = (
     " in my ",
     " to me",
 )
-_SUBJECT_WORDS: Final = _wordset("i i'm im i've i'd i'll we we're we've we'd we'll user")
-_HELPING_WORDS: Final = _wordset("am is are have has had was were will be been")
-_SKIPPED_WORDS: Final = _wordset(
+_SUBJECT_WORDS: Final = wordset("i i'm im i've i'd i'll we we're we've we'd we'll user")
+_HELPING_WORDS: Final = wordset("am is are have has had was were will be been")
+_SKIPPED_WORDS: Final = wordset(
     "really strongly definitely generally usually mostly much just actually personally always "
     "still totally absolutely genuinely honestly also very kind of kinda tend to never only "
     "mainly primarily exclusively typically normally do does don't doesn't not firmly truly "
@@ -1063,7 +921,7 @@ def _family(words: list[str]) -> str | None:
     return None
 
 
-_INSTRUCTION_PREFIX: Final = "Custom instruction: "
+INSTRUCTION_PREFIX: Final = "Custom instruction: "
 
 
 def _verbatim(source: Source, sentence: str) -> _Found:
@@ -1072,9 +930,9 @@ def _verbatim(source: Source, sentence: str) -> _Found:
     The assistant saved it, or the user wrote it as standing instructions, so
     it is durable by construction; it is filed by its wording.
     """
-    text = _as_sentence(_WS.sub(" ", sentence))
-    if source == "instructions" and not _is_third_person(text):
-        return _Found("preferences", 0, f"{_INSTRUCTION_PREFIX}{text}")
+    text = _as_sentence(WS.sub(" ", sentence))
+    if source == "instructions" and not is_third_person(text):
+        return _Found("preferences", 0, f"{INSTRUCTION_PREFIX}{text}")
     if _PREFERENCE_WORDS.search(text):
         return _Found("preferences", 0, text)
     if _BELIEF_WORDS.search(text):
@@ -1097,19 +955,26 @@ def _to_facts(found: Iterable[_Found]) -> Facts:
     return facts
 
 
+def saved_facts(source: Literal["memory", "instructions"], text: str) -> Facts:
+    """The facts of one saved memory or the custom instructions: every sentence counts."""
+    ex = _Extractor(None)
+    ex.saved(source, text.replace("\u2019", "'"))
+    return _without_repeats(_to_facts(ex.found))
+
+
 def extract(transcript: str, today: date | None = None) -> Facts:
     """The facts the user's turns of a transcript state, deduplicated, in order."""
     ex = _Extractor(today)
     text = transcript.replace("\u2019", "'")
     candidates = _candidates(_folded(text))
     positions = [at for at, _ in candidates]
-    for source, lo, hi in _turn_spans(text):
-        if source == "user":
+    for speaker, lo, hi in turn_spans(text):
+        if speaker == "user":
             first, last = bisect.bisect_left(positions, lo), bisect.bisect_left(positions, hi)
             if first < last:
                 ex.user_turn(text, lo, hi, candidates[first:last])
-        else:
-            ex.saved(source, text[lo:hi])
+        elif speaker in ("memory", "instructions"):
+            ex.saved(speaker, text[lo:hi])
     return _without_repeats(_to_facts(ex.found))
 
 
@@ -1179,569 +1044,8 @@ def _unique(items: Iterable[V], key: Callable[[V], str]) -> list[V]:
     return out
 
 
-# --------------------------------------------------------------------------- MEMORY
-
-
-def write_memory(facts: Facts) -> str:
-    """MEMORY markdown: a title, a note on how it was written, the five sections.
-
-    The sections come from the shared deterministic renderer (the same one
-    the memory stage falls back on), fed with deduplicated facts and the
-    dates in chronological order.
-    """
-    facts = consolidate(facts)
-    ordered = facts.model_copy(
-        update={"dates": sorted(facts.dates, key=lambda d: _date_sort_key(d.date))}
-    )
-    note = (
-        f"_Written by the offline rule-based writer ({MODEL}) from {facts.count()} facts "
-        "the user stated; no language model was involved._"
-    )
-    return f"# MEMORY\n\n{note}\n\n{fallback_memory(ordered)}"
-
-
-# --------------------------------------------------------------------------- sections
-
-_BULLET: Final = re.compile(r"^\s*[-*+]\s+(?P<text>.+?)\s*$")
-_MORE: Final = re.compile(r"^\u2026?and \d+ more\.?$")
-_BOLD_HEAD: Final = re.compile(r"^\*\*(?P<name>.+?)\*\*\s*[:\u2014\u2013-]?\s*(?P<rest>.*)$")
-_DATED: Final = re.compile(r"^(?P<date>[^:]{4,40}):\s+(?P<event>.+)$")
-#: MEMORY writes "X. Context: because Y."; persona points read better as "X because Y".
-_CONTEXT_REASON: Final = re.compile(
-    r"\.\s+Context:\s+(?=(?:because|since|given|due\s+to|so|after|as|in\s+order)\b)"
-)
-_CONTEXT_OTHER: Final = re.compile(r"\.?\s+Context:\s+")
-_WORD: Final = re.compile(r"[^\W\d_]{4,}")
-
-_STOPWORDS: Final = _wordset(
-    """about above after again against also always another anything around because been before
-    being below between both cannot could does doing down during each even every from further
-    going good great have having hello help here how however into just know like little look
-    made make many maybe more most much must need never next none only other over please
-    pretty really right same should since some something still such sure take than thank thanks
-    that their them then there these they thing things think this those though through today
-    under until very want were what when where which while will with within without would yeah
-    your yours user assistant said says okay well than able sorry first last back then also"""
-)
-
-#: Tools and stacks, as they are usually written. Matched case-insensitively,
-#: except the ones in :data:`_TOOLS_EXACT`, which are ordinary English words
-#: in lower case ("go", "rust" in "rust stains", "express", "swift").
-_TOOLS: Final = (
-    "Python",
-    "JavaScript",
-    "TypeScript",
-    "Kotlin",
-    "Ruby",
-    "PHP",
-    "C++",
-    "C#",
-    "Scala",
-    "Elixir",
-    "Haskell",
-    "Julia",
-    "SQL",
-    "Bash",
-    "HTML",
-    "CSS",
-    "Tailwind CSS",
-    "Tailwind",
-    "React",
-    "Next.js",
-    "Vue",
-    "Nuxt",
-    "Svelte",
-    "Angular",
-    "Node.js",
-    "Django",
-    "Flask",
-    "FastAPI",
-    "Laravel",
-    "Postgres",
-    "PostgreSQL",
-    "MySQL",
-    "SQLite",
-    "MongoDB",
-    "Mongo",
-    "Redis",
-    "ClickHouse",
-    "Supabase",
-    "Firebase",
-    "DynamoDB",
-    "Elasticsearch",
-    "Kafka",
-    "Docker",
-    "Kubernetes",
-    "Terraform",
-    "AWS",
-    "GCP",
-    "Azure",
-    "Vercel",
-    "Netlify",
-    "Heroku",
-    "Cloudflare",
-    "Linux",
-    "Ubuntu",
-    "macOS",
-    "Windows",
-    "iOS",
-    "Android",
-    "Git",
-    "GitHub",
-    "GitLab",
-    "vim",
-    "Neovim",
-    "Emacs",
-    "VS Code",
-    "VSCode",
-    "IntelliJ",
-    "PyCharm",
-    "Xcode",
-    "Jupyter",
-    "pandas",
-    "NumPy",
-    "PyTorch",
-    "TensorFlow",
-    "Excel",
-    "Notion",
-    "Obsidian",
-    "Figma",
-    "Slack",
-    "Jira",
-    "Airtable",
-    "WordPress",
-    "Shopify",
-    "Stripe",
-    "ChatGPT",
-    "Claude",
-    "LangChain",
-    "pytest",
-    "unittest",
-    "Jest",
-    "Playwright",
-    "GraphQL",
-    "SwiftUI",
-    "CloudKit",
-)
-_TOOLS_EXACT: Final = ("Go", "Rust", "Swift", "Java", "Express", "Rails", "Spring", "Deno", "Bun")
-_TOOL_DISPLAY: Final[dict[str, str]] = {t.casefold(): t for t in (*_TOOLS, *_TOOLS_EXACT)}
-_TOOL_EDGE_BEFORE: Final = r"(?<![\w.+#])"
-_TOOL_EDGE_AFTER: Final = r"(?![\w+#]|\.\w)"
-_TOOL: Final = re.compile(
-    _TOOL_EDGE_BEFORE
-    + "(?:(?i:"
-    + "|".join(re.escape(t) for t in sorted(_TOOLS, key=len, reverse=True))
-    + ")|"
-    + "|".join(_TOOLS_EXACT)
-    + ")"
-    + _TOOL_EDGE_AFTER
-)
-#: "written with Next.js and Supabase", "using FastAPI, Postgres": the named stack.
-_STACK: Final = re.compile(
-    r"\b(?:with|using|in|on|via)\s+(?P<list>[A-Z][\w.+#-]*(?:(?:,\s*|\s+and\s+|\s+or\s+|\s+)"
-    r"[A-Z][\w.+#-]*)*)"
-)
-_STACK_SPLIT: Final = re.compile(r",\s*|\s+and\s+|\s+or\s+")
-
-_SUBJECT_LEAD: Final = re.compile(
-    rf"^(?P<subj>I|(?:the\s+)?user)\s+(?P<adv>(?:(?:{_ADVERBS})\s+)*)(?P<verb>[\w']+)\b",
-    I,
-)
-_CONTRACTION_LEAD: Final = re.compile(
-    r"^(?:I'm|I\s+am|I've|I\s+have|I'd|I\s+was|I'll|(?:the\s+)?user\s+(?:is|has|was))\b", I
-)
-_LEAD_REPLACEMENT: Final[dict[str, str]] = {
-    "i'm": "Is",
-    "i am": "Is",
-    "i've": "Has",
-    "i have": "Has",
-    "i'd": "Would",
-    "i was": "Was",
-    "i'll": "Will",
-    "user is": "Is",
-    "user has": "Has",
-    "user was": "Was",
-}
-_INNER_FIRST_PERSON: Final = re.compile(
-    r"\b(?:I'm|I\s+am|I\s+was|I've|I'd|I'll|I|me|my|mine|myself)\b|\bMy\b"
-    r"|\b(?i:(?:the\s+)?user's)(?!\w)"
-)
-_INNER_REPLACEMENT: Final[dict[str, str]] = {
-    "i'm": "they're",
-    "i am": "they are",
-    "i was": "they were",
-    "i've": "they've",
-    "i'd": "they'd",
-    "i'll": "they'll",
-    "i": "they",
-    "me": "them",
-    "my": "their",
-    "mine": "theirs",
-    "myself": "themselves",
-    "user's": "their",
-    "the user's": "their",
-}
-_FIRST_PERSON_LEAD: Final = re.compile(r"(?:I\b|I'|Im\b|(?:the\s+)?user\b(?!'))", I)
-_MODALS: Final = _wordset(
-    "can could will would should must might may cannot can't won't never shall"
-)
-_NOT_VERBS: Final = _wordset(
-    "really strongly definitely generally usually mostly much just actually personally always "
-    "still totally absolutely genuinely honestly also very kind of kinda never only mainly "
-    "primarily exclusively typically normally"
-)
-
-
-def third_person(sentence: str) -> str:
-    """A first-person fact as a description of the user ("I prefer X" -> "Prefers X").
-
-    Persona sections describe the user; MEMORY keeps their own words. Leaves
-    sentences it does not recognise in their original wording apart from
-    possessives, which is still correct English.
-    """
-    text = sentence.strip()
-    lead = _CONTRACTION_LEAD.match(text)
-    if lead is not None:
-        key = _WS.sub(" ", lead.group().casefold()).removeprefix("the ")
-        text = _LEAD_REPLACEMENT[key] + text[lead.end() :]
-    elif (m := _SUBJECT_LEAD.match(text)) is not None:
-        words = [*m.group("adv").split(), m.group("verb")]
-        if _is_third_person(m.group("subj")):
-            rebuilt = words
-        else:
-            rebuilt = []
-            for index, word in enumerate(words):
-                low = word.casefold()
-                if low in _NOT_VERBS and index < len(words) - 1:
-                    rebuilt.append(word)
-                    continue
-                rebuilt.append(_conjugate(word))
-                rebuilt.extend(words[index + 1 :])
-                break
-        text = " ".join(rebuilt) + text[m.end() :]
-    text = _INNER_FIRST_PERSON.sub(
-        lambda x: _INNER_REPLACEMENT[_WS.sub(" ", x.group().casefold())], text
-    )
-    return text[:1].upper() + text[1:]
-
-
-def _conjugate(verb: str) -> str:
-    low = verb.casefold()
-    irregular = {"have": "has", "do": "does", "don't": "doesn't", "be": "is", "am": "is"}
-    if low in irregular:
-        return irregular[low]
-    if low in _MODALS or not low.isalpha():
-        return verb
-    if low.endswith(("s", "sh", "ch", "x", "z", "o")):
-        return verb + "es"
-    if low.endswith("y") and len(low) > 1 and low[-2] not in "aeiou":
-        return verb[:-1] + "ies"
-    return verb + "s"
-
-
-@dataclass(slots=True)
-class _Profile:
-    """What the persona sections are written from: MEMORY's bullets and sample stats."""
-
-    preferences: list[str]
-    projects: list[tuple[str, str]]
-    dates: list[tuple[str, str]]
-    beliefs: list[str]
-    decisions: list[str]
-    background: list[str]
-    samples: int
-    topics: list[str]
-    sample_tools: Counter[str]
-
-    @property
-    def fact_count(self) -> int:
-        return (
-            len(self.preferences)
-            + len(self.projects)
-            + len(self.dates)
-            + len(self.beliefs)
-            + len(self.decisions)
-            + len(self.background)
-        )
-
-
-def _memory_bullets(memory: str) -> dict[str, list[str]]:
-    bodies, _ = memory_sections(memory)
-    out: dict[str, list[str]] = {}
-    for name, lines in bodies.items():
-        items = []
-        for line in lines:
-            m = _BULLET.match(line)
-            if m is None:
-                continue
-            text = m.group("text")
-            if not _MORE.match(text):
-                items.append(text)
-        out[name] = items
-    return out
-
-
-def _profile(memory: str, samples: list[str]) -> _Profile:
-    bullets = _memory_bullets(memory)
-    projects = []
-    for item in bullets.get("Projects", []):
-        m = _BOLD_HEAD.match(item)
-        projects.append((m.group("name"), m.group("rest")) if m else ("", item))
-    dates = []
-    for item in bullets.get("Important Dates", []):
-        m = _DATED.match(item)
-        dates.append((m.group("date"), m.group("event")) if m else ("", item))
-    decisions: list[str] = []
-    background: list[str] = []
-    probe = _Extractor(None)
-    for item in bullets.get("Decisions & Context", []):
-        found = probe.sentence(item, third_person=True)
-        is_background = found is not None and found.category == "background" and found.start == 0
-        if is_background:
-            background.append(item)
-        else:
-            decisions.append(_CONTEXT_OTHER.sub(" \u2014 ", _CONTEXT_REASON.sub(" ", item)))
-    words: Counter[str] = Counter()
-    tools: Counter[str] = Counter()
-    for sample in samples:
-        text = _user_text(sample)
-        words.update(w for w in _WORD.findall(text.casefold()) if w not in _STOPWORDS)
-        tools.update({_TOOL_DISPLAY[t.casefold()] for t in _TOOL.findall(text)})
-    topics = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[:8]]
-    return _Profile(
-        preferences=bullets.get("Preferences", []),
-        projects=projects,
-        dates=dates,
-        beliefs=bullets.get("Beliefs & Values", []),
-        decisions=decisions,
-        background=background,
-        samples=len(samples),
-        topics=topics,
-        sample_tools=tools,
-    )
-
-
-def _user_text(sample: str) -> str:
-    """The user's words of a sample conversation (all of it when it has no speakers)."""
-    turns = [text for source, text in user_turns(sample) if source == "user"]
-    return "\n".join(turns) if turns or _SPEAKER.search(sample) else sample
-
-
-def _join(names: list[str]) -> str:
-    if len(names) <= 2:
-        return " and ".join(names)
-    return ", ".join(names[:-1]) + " and " + names[-1]
-
-
-def _user_section(p: _Profile) -> Section:
-    names = [n for n, _ in p.projects if n]
-    summary = [
-        third_person(p.background[0])
-        if p.background
-        else "Who the user is, from what they have said about themselves."
-    ]
-    if names:
-        summary.append(f"Works on {_join(names[:4])}.")
-    if p.topics:
-        summary.append(f"Talks most about {_join(p.topics[:5])}.")
-    summary.append(
-        f"Written from {p.fact_count} remembered facts and {p.samples} sample conversations "
-        "by the offline rule-based writer, in the user's own words."
-    )
-    points = [third_person(b) for b in p.background[:4]]
-    for name, description in p.projects[:5]:
-        label = f"Works on {name}" if name else "Works on"
-        points.append(f"{label}: {description}" if description else f"{label}.")
-    points += [third_person(x) for x in p.preferences[:4]]
-    points += [
-        f"Important date: {d} \u2014 {e}" if d else f"Important date: {e}" for d, e in p.dates[:3]
-    ]
-    if not points:
-        points.append("Has not said much about themselves yet: ask rather than assume.")
-    return Section(title="USER", summary=" ".join(summary), points=points[:12])
-
-
-def _soul_section(p: _Profile) -> Section:
-    if not p.beliefs:
-        return Section(
-            title="SOUL",
-            summary="The user has not stated their convictions yet.",
-            points=[
-                "No stated beliefs yet: stay neutral on contested questions.",
-                "Let the user's own values surface before reflecting any back.",
-            ],
-        )
-    points = [third_person(b) for b in p.beliefs[:8]]
-    reasons = [d for d in p.decisions if any(w in d for w in (" because ", " since ", " so that "))]
-    points += [f"Acts on reasons, e.g.: {third_person(d)}" for d in reasons[:2]]
-    return Section(
-        title="SOUL",
-        summary=(
-            f"What the user values, from {len(p.beliefs)} convictions they stated. These should "
-            "shape judgement calls and tone; they are the user's words, not inferences."
-        ),
-        points=points[:12],
-    )
-
-
-_TONE_RULES: Final = (
-    (
-        re.compile(r"\b(?:concise|short|brief|terse|bullet|tl;?dr|to the point)\b", I),
-        "Lead with the answer and keep it short; bullet points where they help.",
-    ),
-    (
-        re.compile(r"\b(?:detailed|thorough|in-depth|in depth|step[- ]by[- ]step|explain)\b", I),
-        "Explain thoroughly, step by step, when the topic calls for it.",
-    ),
-    (re.compile(r"\b(?:formal|professional)\b", I), "Use a professional, formal register."),
-    (re.compile(r"\b(?:casual|informal|friendly|humou?r)\b", I), "Keep the tone casual and warm."),
-    (
-        re.compile(r"\b(?:honest|direct|blunt|candid|pushback|push back)\b", I),
-        "Be direct and candid; disagree openly when warranted.",
-    ),
-)
-
-
-_TONE_ADVICE: Final = frozenset(advice for _, advice in _TONE_RULES)
-
-
-def _identity_section(p: _Profile) -> Section:
-    said = " ".join(p.preferences + p.beliefs)
-    points = [advice for pattern, advice in _TONE_RULES if pattern.search(said)]
-    names = [n for n, _ in p.projects if n]
-    if names:
-        points.append(f"Act as a knowledgeable collaborator on {_join(names[:4])}.")
-    if p.beliefs:
-        points.append("Respect the user's stated values; do not lecture them back.")
-    points += [
-        "Use what MEMORY holds naturally instead of asking the user to repeat themselves.",
-        "Be plain about uncertainty: this profile was derived by rules from the user's words.",
-    ]
-    style = [x for x in points if x in _TONE_ADVICE]
-    summary = "The assistant presents itself as a direct, practical collaborator who remembers "
-    summary += "the user's context" + (
-        f" and follows their stated style: {style[0][0].lower()}{style[0][1:]}" if style else "."
-    )
-    return Section(title="IDENTITY", summary=summary, points=points[:12])
-
-
-def _agreement(preference: str) -> str:
-    """A stated preference as an instruction to the assistant."""
-    if preference.startswith(_INSTRUCTION_PREFIX):
-        return preference.removeprefix(_INSTRUCTION_PREFIX)
-    described = third_person(preference)
-    if _FIRST_PERSON_LEAD.match(preference):
-        return f"Respect that the user {described[:1].lower()}{described[1:]}"
-    return f"Keep in mind: {described}"
-
-
-def _agents_section(p: _Profile) -> Section:
-    points = [_agreement(x) for x in p.preferences[:6]]
-    points += [f"Build on the decision: {third_person(d)}" for d in p.decisions[:4]]
-    if p.dates:
-        points.append("Keep the user's important dates in mind when planning or scheduling.")
-    points += [
-        "Check MEMORY before asking for context the user already gave.",
-        "Confirm before doing anything hard to undo.",
-    ]
-    return Section(
-        title="AGENTS",
-        summary=(
-            "Working agreements for any agent acting for this user, derived from their stated "
-            "preferences and decisions."
-        ),
-        points=points[:12],
-    )
-
-
-def _tools_section(p: _Profile) -> Section:
-    found: dict[str, str] = {}
-    project_names = {normalise(n) for n, _ in p.projects if n}
-
-    def add(tool: str, where: str) -> None:
-        tool = tool.strip(" .,")
-        key = tool.casefold()
-        display = _TOOL_DISPLAY.get(key, tool)
-        words = f" {normalise(display)} "
-        if (
-            len(tool) > 1
-            and normalise(tool) not in project_names
-            and not any(words in f" {normalise(known)} " for known in found)
-        ):
-            found[display] = where
-
-    for name, description in p.projects:
-        for m in _STACK.finditer(description):
-            for tool in _STACK_SPLIT.split(m.group("list")):
-                add(tool, f"used in {name}" if name else "used in a project")
-        for tool in _TOOL.findall(description):
-            add(tool, f"used in {name}" if name else "used in a project")
-    for source, items in (("preferences", p.preferences), ("decisions", p.decisions)):
-        for item in items:
-            for tool in _TOOL.findall(item):
-                add(tool, f"named in the user's {source}")
-    for tool, count in sorted(p.sample_tools.items(), key=lambda kv: (-kv[1], kv[0])):
-        if count >= 2 or p.samples < 4:
-            add(tool, f"mentioned in {count} of {p.samples} sample conversations")
-    points = [f"{tool} \u2014 {where}" for tool, where in found.items()][:12]
-    if not points:
-        return Section(
-            title="TOOLS",
-            summary="The user has not named specific tools or stacks yet.",
-            points=["No tools or stacks mentioned yet: ask before assuming one."],
-        )
-    return Section(
-        title="TOOLS",
-        summary=(
-            f"Tools and stacks the user has mentioned ({len(found)}); prefer them in examples "
-            "and suggestions."
-        ),
-        points=points,
-    )
-
-
-def write_sections(memory: str, samples: list[str]) -> Sections:
-    """The five persona sections, from MEMORY (parsed back) and the sampled conversations."""
-    p = _profile(memory, samples)
-    return Sections(
-        soul=_soul_section(p),
-        identity=_identity_section(p),
-        user=_user_section(p),
-        agents=_agents_section(p),
-        tools=_tools_section(p),
-    )
-
-
-# --------------------------------------------------------------------------- provider
-
-
-def _usage(prompt: str, answer: str) -> Usage:
-    """Plausible token accounting (~4 characters a token) so progress and totals read true."""
-    return Usage(input_tokens=len(prompt) // 4, output_tokens=len(answer) // 4, calls=1)
-
-
-class OfflineProvider:
-    """:class:`~worker.llm.base.LLMProvider` by rules: no network, same input, same output."""
-
-    def __init__(self) -> None:
-        self.model: str = MODEL
-
-    async def extract_facts(self, item: ExtractionInput) -> LLMResult[Facts]:
-        facts = extract(item.transcript, item.conversation_date)
-        return LLMResult(facts, _usage(item.transcript, facts.model_dump_json()), self.model)
-
-    async def consolidate(self, facts: Facts) -> LLMResult[Facts]:
-        out = consolidate(facts)
-        return LLMResult(out, _usage(facts.model_dump_json(), out.model_dump_json()), self.model)
-
-    async def write_memory(self, facts: Facts) -> LLMResult[str]:
-        text = write_memory(facts)
-        return LLMResult(text, _usage(facts.model_dump_json(), text), self.model)
-
-    async def write_sections(self, memory: str, samples: list[str]) -> LLMResult[Sections]:
-        sections = write_sections(memory, samples)
-        prompt = memory + "".join(samples)
-        return LLMResult(sections, _usage(prompt, sections.model_dump_json()), self.model)
-
-    async def aclose(self) -> None:
-        """Nothing to release: no client, no connection."""
+def is_background(sentence: str) -> bool:
+    """Whether a third-person sentence is a background statement about the user
+    ("Works as a nurse.") rather than a decision."""
+    found = _Extractor(None).sentence(sentence, third_person=True)
+    return found is not None and found.category == "background" and found.start == 0

@@ -1,0 +1,2 @@
+-- Undoes 0006_saved_facts_up.sql.
+DROP TABLE public.chunk_saved_facts;
