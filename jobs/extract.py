@@ -306,16 +306,18 @@ async def _record(
     ctx: StageContext, group: _Group, result: LLMResult[Facts], state: _MapState
 ) -> None:
     state.extracted += len(group.members)
-    shares = attribute(result.value, [m.transcript for m in group.members])
+    saved = Facts.of(item for m in group.members for item in m.saved.items())
+    shares = attribute(
+        without_saved_facts(result.value, saved), [m.transcript for m in group.members]
+    )
     rows = [
-        FactsRow(m.chunk_id, m.content_hash, without_saved_facts(f, m.saved))
-        for m, f in zip(group.members, shares, strict=True)
+        FactsRow(m.chunk_id, m.content_hash, f) for m, f in zip(group.members, shares, strict=True)
     ]
     await ctx.store.checkpoint_facts(rows, result.usage, result.model or ctx.llm.model)
 
 
 def without_saved_facts(facts: Facts, saved: Facts) -> Facts:
-    """``facts`` less those that restate the chunk's saved facts.
+    """``facts`` less those that restate the saved facts of the chunks they came from.
 
     Saved memories and custom instructions are filed as facts when the export
     is chunked, with the dates they were saved, and reach reduce from there

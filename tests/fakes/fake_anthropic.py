@@ -45,6 +45,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, NoReturn, Self
 
+from jobs.domain import rules
+from jobs.domain.facts import Facts
+from jobs.domain.memory import fallback_memory
+from worker.llm.offline.persona import write_sections
+
 DEFAULT_API_KEY = "sk-ant-fake-0123456789abcdefghijklmnopqrstuvwxyz"
 
 FaultKind = Literal[
@@ -1036,7 +1041,8 @@ def _respond(kind: str, body: dict[str, Any]) -> dict[str, Any] | str:
     if kind == "memory":
         return memory_markdown(_facts_in(text))
     if kind == "sections":
-        return sections_from_memory(_tagged(text, "memory") or "")
+        samples = re.findall(r"<conversation[^>]*>\n?(.*?)</conversation>", text, re.S)
+        return sections_from_memory(_tagged(text, "memory") or "", samples)
     return "OK."
 
 
@@ -1045,281 +1051,28 @@ def _facts_in(text: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-_SPEAKER = re.compile(
-    r"^\s*(?:\[[^\]]*\]\s*)?"
-    r"(?P<who>user|human|me|assistant|ai|chatgpt|claude|system|tool"
-    r"|saved memory|memory|custom instructions?)"
-    r"\s*(?:[\[(][^\])]*[\])])?\s*:\s?(?P<rest>.*)$",
-    re.I,
-)
-_USERISH = {"user", "human", "me"}
-
-
-def transcript_turns(transcript: str) -> list[tuple[str, str]]:
-    """``(speaker, text)`` turns; lines without a speaker continue the last turn."""
-    turns: list[tuple[str, str]] = []
-    for line in transcript.splitlines():
-        match = _SPEAKER.match(line)
-        if match:
-            who = match.group("who").lower()
-            who = "memory" if who in ("saved memory", "memory") else who
-            who = "instructions" if who.startswith("custom") else who
-            who = "user" if who in _USERISH else who
-            turns.append((who, match.group("rest")))
-        elif turns:
-            who, text = turns[-1]
-            turns[-1] = (who, f"{text}\n{line}")
-    return turns
-
-
-def _sentences(text: str) -> list[str]:
-    flat = " ".join(text.split())
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", flat) if s.strip()]
-
-
-def _clause(text: str) -> str:
-    return text.strip().rstrip(".!;:, ").strip()
-
-
-_DECISION = re.compile(
-    r"\b(?:we|i)\s+(?:have\s+|just\s+|finally\s+)?(?:decided|chose|agreed)\s+to\s+"
-    r"(?P<what>.+?)(?:\s+because\s+(?P<why>.+?))?[.!]?$",
-    re.I,
-)
-_DATE = re.compile(r"\bmy\s+(?P<event>.+?)\s+(?:is|was|falls)\s+on\s+(?P<date>.+?)[.!]?$", re.I)
-_PROJECT = re.compile(
-    r"\bI(?:'m|\u2019m| am)\s+(?:currently\s+)?(?:building|working on|developing|writing|making)\s+"
-    r"(?P<rest>.+?)[.!]?$",
-    re.I,
-)
-_BELIEF = re.compile(
-    r"\bI\s+(?:strongly\s+|really\s+|firmly\s+|truly\s+|deeply\s+)?believe\s+(?:that\s+)?"
-    r"(?P<what>.+?)[.!]?$",
-    re.I,
-)
-_PREFERENCE = re.compile(
-    r"\bI\s+(?:really\s+|much\s+|strongly\s+|always\s+|generally\s+)?"
-    r"(?P<verb>prefer|like|love|enjoy)\s+(?P<what>.+?)[.!]?$",
-    re.I,
-)
-_FAVORITE = re.compile(r"\bmy\s+favou?rite\s+(?P<what>.+?)[.!]?$", re.I)
-_VERB3 = {"prefer": "Prefers", "like": "Likes", "love": "Loves", "enjoy": "Enjoys"}
+# The answers a careful model would give, from the project's own fact rules
+# and templates (the ones the offline provider uses): the fake tests what the
+# pipeline does with answers, not a second copy of the rules.
 
 
 def extract_facts(transcript: str) -> dict[str, Any]:
-    """What a careful model would record from one transcript (fact JSON)."""
-    facts: dict[str, list[Any]] = {
-        "preferences": [],
-        "projects": [],
-        "dates": [],
-        "beliefs": [],
-        "decisions": [],
-    }
-    for who, text in transcript_turns(transcript):
-        if who not in ("user", "memory", "instructions"):
-            continue
-        if who == "user" and not _has_cue(text):
-            continue
-        for sentence in _sentences(text):
-            if sentence.endswith("?"):
-                continue
-            if not _sentence_fact(sentence, facts) and who in ("memory", "instructions"):
-                prefix = "Custom instruction: " if who == "instructions" else ""
-                facts["preferences"].append(prefix + sentence)
-    return {key: _unique(values) for key, values in facts.items()}
-
-
-#: Words each pattern needs: a sentence without any of them is not searched.
-#: Most sentences are small talk, and six backtracking searches per sentence
-#: were most of the fake's CPU time. (Substring tests: a superset is enough.)
-_CUES = (
-    "decided", "chose", "agreed", "my", "building", "working on", "developing", "writing",
-    "making", "believe", "prefer", "like", "love", "enjoy", "favorite", "favourite",
-)  # fmt: skip
-
-
-def _has_cue(text: str) -> bool:
-    lowered = text.lower()
-    return any(cue in lowered for cue in _CUES)
-
-
-def _sentence_fact(sentence: str, facts: dict[str, list[Any]]) -> bool:
-    if not _has_cue(sentence):
-        return False
-    if m := _DECISION.search(sentence):
-        why = m.group("why")
-        facts["decisions"].append(
-            {
-                "decision": f"Decided to {_clause(m.group('what'))}.",
-                "context": f"Because {_clause(why)}." if why else "",
-            }
-        )
-    elif m := _DATE.search(sentence):
-        event, when = _clause(m.group("event")), _clause(m.group("date"))
-        facts["dates"].append({"event": event, "date": when})
-    elif m := _PROJECT.search(sentence):
-        rest = _clause(m.group("rest"))
-        name, _, description = rest.partition(",")
-        name = name.strip()
-        if len(name) > 60:
-            name = " ".join(name.split()[:6])
-        stack = re.search(r"\b(?:written |built )?(?:with|using|in)\s+(.+)$", description)
-        facts["projects"].append(
-            {
-                "name": name,
-                "description": (
-                    f"{_clause(description)[0].upper()}{_clause(description)[1:]}."
-                    if _clause(description)
-                    else f"Building {rest}."
-                ),
-                "details": f"Stack: {_clause(stack.group(1))}." if stack else "",
-            }
-        )
-    elif m := _BELIEF.search(sentence):
-        facts["beliefs"].append(f"Believes {_clause(m.group('what'))}.")
-    elif m := _PREFERENCE.search(sentence):
-        facts["preferences"].append(
-            f"{_VERB3[m.group('verb').lower()]} {_clause(m.group('what'))}."
-        )
-    elif m := _FAVORITE.search(sentence):
-        facts["preferences"].append(f"Favorite {_clause(m.group('what'))}.")
-    else:
-        return False
-    return True
-
-
-def _norm(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
-    text = re.sub(r"^\s*\[[^\]]*\]\s*", "", text)
-    return re.sub(r"[^a-z0-9]+", " ", text.casefold()).strip()
-
-
-def _unique(values: list[Any]) -> list[Any]:
-    seen: set[str] = set()
-    out = []
-    for value in values:
-        key = _norm(value)
-        if key and key not in seen:
-            seen.add(key)
-            out.append(value)
-    return out
+    """The durable facts the user's turns of ``transcript`` state."""
+    return rules.extract(transcript).model_dump()
 
 
 def consolidate_facts(facts: dict[str, Any]) -> dict[str, Any]:
-    """Merge duplicates (normalised text) and projects of the same name."""
-
-    def items(key: str) -> list[Any]:
-        value = facts.get(key)
-        return value if isinstance(value, list) else []
-
-    projects: dict[str, dict[str, str]] = {}
-    for project in items("projects"):
-        if not isinstance(project, dict):
-            continue
-        name = str(project.get("name", "")).strip()
-        slot = projects.setdefault(
-            _norm(name) or _norm(project),
-            {"name": name, "description": "", "details": ""},
-        )
-        for field_name in ("description", "details"):
-            new = str(project.get(field_name, "")).strip()
-            if new and _norm(new) not in _norm(slot[field_name]):
-                slot[field_name] = f"{slot[field_name]} {new}".strip()
-    return {
-        "preferences": _unique([p for p in items("preferences") if isinstance(p, str)]),
-        "projects": list(projects.values()),
-        "dates": _unique([d for d in items("dates") if isinstance(d, dict)]),
-        "beliefs": _unique([b for b in items("beliefs") if isinstance(b, str)]),
-        "decisions": _unique([d for d in items("decisions") if isinstance(d, dict)]),
-    }
-
-
-_MEMORY_ORDER = (
-    ("Preferences", "preferences"),
-    ("Projects", "projects"),
-    ("Important Dates", "dates"),
-    ("Beliefs & Values", "beliefs"),
-    ("Decisions & Context", "decisions"),
-)
+    return rules.consolidate(Facts.model_validate(facts)).model_dump()
 
 
 def memory_markdown(facts: dict[str, Any]) -> str:
-    """The MEMORY document a model would write from ``facts``."""
-    merged = consolidate_facts(facts)
-    parts = []
-    for heading, key in _MEMORY_ORDER:
-        bullets = []
-        for item in merged[key]:
-            if key == "projects":
-                text = f"{item['description']} {item['details']}".strip()
-                bullets.append(f"- **{item['name']}**: {text}")
-            elif key == "dates":
-                bullets.append(f"- {item.get('date', '')}: {item.get('event', '')}")
-            elif key == "decisions":
-                context = f" ({item['context']})" if item.get("context") else ""
-                bullets.append(f"- {item.get('decision', '')}{context}")
-            else:
-                bullets.append(f"- {item}")
-        body = "\n".join(b.rstrip() for b in bullets) or "No data yet."
-        parts.append(f"## {heading}\n\n{body}\n")
-    return "\n".join(parts)
+    """MEMORY with the five sections, one bullet per fact."""
+    return fallback_memory(Facts.model_validate(facts))
 
 
-_TECH = re.compile(
-    r"\b(Next\.js|Supabase|FastAPI|Postgres(?:QL)?|Rust|SQLite|Django|Redis|SwiftUI|CloudKit"
-    r"|ClickHouse|Python|TypeScript|JavaScript|React|pytest|vim|Tailwind CSS|Haiku|Claude"
-    r"|Mongo(?:DB)?|Docker|Kubernetes|Go)\b"
-)
-
-
-def sections_from_memory(memory: str) -> dict[str, Any]:
-    """Five persona sections built from a MEMORY document's bullets."""
-    bullets: dict[str, list[str]] = {}
-    current = ""
-    for line in memory.splitlines():
-        if line.startswith("## "):
-            current = line[3:].strip()
-        elif line.startswith("- "):
-            bullets.setdefault(current, []).append(line[2:].strip())
-
-    def pick(*headings: str) -> list[str]:
-        return [b for h in headings for b in bullets.get(h, [])][:12]
-
-    tech = sorted({m.group(1) for m in _TECH.finditer(memory)})
-
-    def section(title: str, summary: str, points: list[str]) -> dict[str, Any]:
-        return {"title": title, "summary": summary, "points": points or ["No strong signal yet."]}
-
-    return {
-        "soul": section(
-            "Soul",
-            f"Values and convictions drawn from {len(pick('Beliefs & Values'))} stated beliefs.",
-            pick("Beliefs & Values"),
-        ),
-        "identity": section(
-            "Identity",
-            f"Works on {len(pick('Projects'))} known projects.",
-            pick("Projects"),
-        ),
-        "user": section(
-            "User",
-            "Preferences, routines and dates that matter.",
-            pick("Preferences", "Important Dates"),
-        ),
-        "agents": section(
-            "Working with this user",
-            "Respect the user's standing decisions and stated preferences.",
-            pick("Decisions & Context", "Preferences"),
-        ),
-        "tools": section(
-            "Tools",
-            "Technologies that appear in the user's projects and decisions.",
-            [f"Uses {t}." for t in tech],
-        ),
-    }
-
-
-# ---------------------------------------------------------------------- helpers
+def sections_from_memory(memory: str, samples: list[str] | None = None) -> dict[str, Any]:
+    """Five persona sections built from a MEMORY document (and conversation excerpts)."""
+    return write_sections(memory, samples or []).model_dump()
 
 
 def _tokens(text: str) -> int:
@@ -1348,5 +1101,4 @@ __all__ = [
     "extract_facts",
     "memory_markdown",
     "sections_from_memory",
-    "transcript_turns",
 ]
