@@ -265,7 +265,7 @@ async def ingest(db: str, zip_path: Path, home: Path) -> dict[str, Any]:
             stored = await (
                 await conn.execute(
                     "select count(*) as n, coalesce(sum(length(content)), 0) as chars"
-                    " from public.conversation_chunks where import_id = %s",
+                    " from public.import_chunks where import_id = %s",
                     (import_id,),
                 )
             ).fetchone()

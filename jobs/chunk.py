@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Literal
 
-from jobs.context import ReplaceChunks, StageContext, StageResult
+from jobs.context import ReplaceChunks, StageContext, StageExistingChunks, StageResult
 from jobs.domain import rules
 from jobs.download import local_export
 from jobs.ingest.chunker import TIER_TOKENS, ChunkConfig, chunk_conversation, extraction_tier
@@ -44,6 +44,8 @@ def chunk_config(ctx: StageContext) -> ChunkConfig:
 
 
 async def chunk(ctx: StageContext) -> StageResult:
+    if ctx.imp.source == "chunks":
+        return _stage_existing(ctx)
     path = await local_export(ctx)
     limits = Limits.from_settings(ctx.settings)
     config = chunk_config(ctx)
@@ -59,7 +61,7 @@ async def chunk(ctx: StageContext) -> StageResult:
                     yield c, saved_facts_of(c) if c.chunk_tier == tier else []
         except BadInput as exc:
             # Name the upload the operator knows, not this machine's scratch copy.
-            raise BadInput(str(exc).replace(path.name, ctx.imp.storage_path)) from None
+            raise BadInput(str(exc).replace(path.name, ctx.imp.storage_path or path.name)) from None
 
     reported = 0
 
@@ -79,5 +81,21 @@ async def chunk(ctx: StageContext) -> StageResult:
             stats=stats.as_dict(),
         )
 
-    result = StageResult(output, writes=[write])
-    return result
+    return StageResult(output, writes=[write])
+
+
+def _stage_existing(ctx: StageContext) -> StageResult:
+    """A backfill: the user's chunks as they are (no export, no re-chunking)."""
+    write = StageExistingChunks(ctx.imp.user_id)
+
+    def output() -> ChunkOutput:
+        if not write.chunks:
+            raise BadInput("the user has no conversation chunks to build a memory from")
+        return ChunkOutput(
+            conversations=write.conversations,
+            chunks=write.chunks,
+            tiers=write.tiers,
+            stats={"source": "chunks"},
+        )
+
+    return StageResult(output, writes=[write])

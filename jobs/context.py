@@ -21,8 +21,10 @@ from worker.settings import Settings
 from worker.store import (
     FinalWrite,
     ImportRow,
-    PublishProfile,
+    PublishMemory,
+    PublishPass,
     ReplaceChunks,
+    StageExistingChunks,
     StageResult,
     StageStore,
 )
@@ -30,9 +32,11 @@ from worker.store import (
 __all__ = [
     "FinalWrite",
     "ImportRow",
-    "PublishProfile",
+    "PublishMemory",
+    "PublishPass",
     "ReplaceChunks",
     "StageContext",
+    "StageExistingChunks",
     "StageResult",
 ]
 

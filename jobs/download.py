@@ -12,11 +12,13 @@ import socket
 from pathlib import Path
 
 from jobs.context import StageContext, StageResult
-from jobs.outputs import DownloadOutput
+from jobs.outputs import DownloadOutput, Skipped
 from worker.storage import fetch_export
 
 
 async def download(ctx: StageContext) -> StageResult:
+    if ctx.imp.storage_path is None:
+        return StageResult(Skipped(skipped="backfill from the user's chunks: no export file"))
     fetched = await fetch_export(
         ctx.imp.storage_path, str(ctx.imp.user_id), ctx.settings, ctx.workdir
     )
@@ -38,6 +40,7 @@ async def local_export(ctx: StageContext) -> Path:
     path = Path(pointer.path)
     if path.is_file() and _sha256(path) == pointer.sha256:
         return path
+    assert ctx.imp.storage_path is not None  # there was a file: download ran
     fetched = await fetch_export(
         ctx.imp.storage_path, str(ctx.imp.user_id), ctx.settings, ctx.workdir
     )

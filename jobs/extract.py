@@ -34,7 +34,7 @@ from typing import Any
 from jobs.context import StageContext, StageResult
 from jobs.domain.facts import Facts, Item, text_of
 from jobs.domain.transcript import condense_transcript, novel_part
-from jobs.outputs import BatchState, ChunkOutput, ExtractOutput, Parked
+from jobs.outputs import BatchState, ChunkOutput, ExtractOutput, Parked, Skipped
 from worker.errors import StaleJob, Transient
 from worker.llm.base import (
     BatchProvider,
@@ -59,8 +59,21 @@ FIRST_PAGE = 25
 BATCH_SIZE = 10_000  # requests per Message Batch
 
 
+#: The stages a small export does not run: it is stored and searchable, but
+#: builds no memory (the app keeps its quick profile).
+MEMORY_STAGES = ("extract", "reduce", "memory", "regenerate")
+
+
 async def extract(ctx: StageContext) -> StageResult:
-    tier = ctx.outputs.get(ChunkOutput).extraction_tier
+    chunked = ctx.outputs.get(ChunkOutput)
+    floor = ctx.options.min_conversations
+    if floor and chunked.conversations < floor:
+        reason = (
+            f"small export: {chunked.conversations} conversation(s), fewer than {floor};"
+            " its chunks are stored and searchable, no memory is built"
+        )
+        return StageResult(Skipped(skipped=reason), skip=dict.fromkeys(MEMORY_STAGES[1:], reason))
+    tier = chunked.extraction_tier
     todo, total = await ctx.store.extraction_work(tier)
     state = _MapState(completed=total - len(todo))
     await ctx.store.report_progress(state.completed, total)

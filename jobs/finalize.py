@@ -1,29 +1,39 @@
-"""Stage ``finalize``: publish the v2 profile, all at once.
+"""Stage ``finalize``: publish the pass, all at once.
 
-Sections, MEMORY, soulprint text and status land in the profile in the same
-transaction that completes the import, so the app sees the v1 profile until the
-whole pass has succeeded and the v2 profile after, never a mix. The completion
-callback is called after that transaction, best-effort.
+In the transaction that completes the import: the pass's chunks replace the
+user's in ``conversation_chunks`` (until then the app searched the old ones),
+and the v2 sections (each the JSON object the app parses) and the soulprint
+text replace the v1 profile. The app sees the v1 profile and the old chunks
+until the whole pass has succeeded, and the new ones after, never a mix.
+MEMORY was published when the memory stage finished. A pass that built no
+memory (a small export) publishes its chunks only.
 """
 
 from __future__ import annotations
 
-from jobs.context import PublishProfile, StageContext, StageResult
-from jobs.outputs import ChunkOutput, FinalizeOutput, MemoryOutput, ReduceOutput, RegenerateOutput
+from jobs.context import PublishPass, StageContext, StageResult
+from jobs.domain.sections import SECTION_NAMES, Sections
+from jobs.outputs import ChunkOutput, FinalizeOutput, MemoryOutput, RegenerateOutput
 from worker import notify
 
 
 async def finalize(ctx: StageContext) -> StageResult:
-    regenerated = ctx.outputs.get(RegenerateOutput)
-    memory_md = ctx.outputs.get(MemoryOutput).memory_md
-    chunked = ctx.outputs.get(ChunkOutput)
-    reduced = ctx.outputs.get(ReduceOutput)
-    publish = PublishProfile(
+    sections: dict[str, str] | None = None
+    soulprint: str | None = None
+    memory_chars = 0
+    if ctx.outputs.skipped("regenerate") is None:
+        regenerated = ctx.outputs.get(RegenerateOutput)
+        validated = Sections.model_validate(regenerated.sections)
+        sections = {name: getattr(validated, name).to_json() for name in SECTION_NAMES}
+        soulprint = regenerated.soulprint_text
+        memory_chars = len(ctx.outputs.get(MemoryOutput).memory_md)
+    publish = PublishPass(
         user_id=ctx.imp.user_id,
-        sections_md=dict(regenerated.markdown),
-        soulprint_text=regenerated.soulprint_text,
-        memory_md=memory_md,
+        sections=sections,
+        soulprint_text=soulprint,
+        replace_app_chunks=ctx.settings.replace_app_chunks,
     )
+    chunked = ctx.outputs.get(ChunkOutput)
 
     async def after_commit() -> None:
         await notify.completed(
@@ -34,13 +44,12 @@ async def finalize(ctx: StageContext) -> StageResult:
                 "user_id": str(ctx.imp.user_id),
                 "conversation_count": chunked.conversations,
                 "chunk_count": chunked.chunks,
-                "fact_count": reduced.fact_count,
             },
         )
 
     await ctx.store.report_progress(1, 1)
     return StageResult(
-        FinalizeOutput(published=True, memory_chars=len(memory_md)),
+        FinalizeOutput(published=True, memory_chars=memory_chars),
         writes=[publish],
         after_commit=after_commit,
     )

@@ -3,14 +3,15 @@
 MEMORY always has exactly the five sections (an empty one says "No data
 yet."). When the call keeps failing, a minimal MEMORY is rendered from the
 facts instead and the failure is recorded in the checkpoint: the pass still
-completes with everything the facts hold.
+completes with everything the facts hold. MEMORY is published to the profile
+(``user_profiles.memory_md``) in the transaction that finishes the stage.
 """
 
 from __future__ import annotations
 
 import logging
 
-from jobs.context import StageContext, StageResult
+from jobs.context import PublishMemory, StageContext, StageResult
 from jobs.domain.memory import fallback_memory, normalise_memory
 from jobs.outputs import MemoryOutput, ReduceOutput
 from jobs.reduce import facts_from_reduced
@@ -34,15 +35,25 @@ async def memory(ctx: StageContext) -> StageResult:
         )
         await ctx.store.record_usage(exc.usage)
         await ctx.store.report_progress(1, 1)
-        return StageResult(
-            MemoryOutput(memory_md=fallback_memory(facts), fallback=True, error=message, model=None)
+        return _published(
+            ctx,
+            MemoryOutput(
+                memory_md=fallback_memory(facts), fallback=True, error=message, model=None
+            ),
         )
     await ctx.store.record_usage(result.usage)
     await ctx.store.report_progress(1, 1)
-    return StageResult(
+    return _published(
+        ctx,
         MemoryOutput(
             memory_md=normalise_memory(result.value, facts),
             fallback=False,
             model=result.model or ctx.llm.model,
-        )
+        ),
     )
+
+
+def _published(ctx: StageContext, output: MemoryOutput) -> StageResult:
+    """MEMORY goes to the profile when the stage finishes: new data, nothing of v1 at risk,
+    and the user keeps it even if the sections fail later."""
+    return StageResult(output, writes=[PublishMemory(ctx.imp.user_id, output.memory_md)])

@@ -36,6 +36,13 @@ class StageOutput(BaseModel):
         return {}
 
 
+class Skipped(StageOutput):
+    """A stage that had nothing to do for this import, and why (shown in import_progress)."""
+
+    stage: ClassVar[str] = ""
+    skipped: str
+
+
 class DownloadOutput(StageOutput):
     """Where the export landed on the machine that downloaded it (and how to check it)."""
 
@@ -157,5 +164,7 @@ class Outputs:
                 f"the {kind.stage} stage's output is malformed ({fields or 'not an object'})"
             ) from None
 
-    def has(self, stage: str) -> bool:
-        return stage in self._raw
+    def skipped(self, stage: str) -> str | None:
+        """Why ``stage`` was skipped (None: it was not)."""
+        reason = (self._raw.get(stage) or {}).get("skipped")
+        return str(reason) if reason is not None else None

@@ -10,7 +10,7 @@ with a 15 % margin).
 from __future__ import annotations
 
 from jobs.context import StageContext, StageResult
-from jobs.domain.sections import SECTION_NAMES, Sections
+from jobs.domain.sections import SECTION_NAMES, soulprint_text
 from jobs.domain.transcript import condense_transcript
 from jobs.outputs import ExtractOutput, MemoryOutput, RegenerateOutput
 from worker.store import ScoredConversation
@@ -34,29 +34,17 @@ async def regenerate(ctx: StageContext) -> StageResult:
     result = await ctx.llm.write_sections(memory_md, samples)
     await ctx.store.record_usage(result.usage)
     sections = result.value
-    rendered = render_sections(sections)
     await ctx.store.report_progress(1, 1)
     return StageResult(
         RegenerateOutput(
             sections=sections.model_dump(),
-            markdown=rendered,
-            soulprint_text=soulprint(rendered, memory_md),
+            markdown={name: getattr(sections, name).to_markdown(name) for name in SECTION_NAMES},
+            soulprint_text=soulprint_text(sections, memory_md),
             sampled_conversations=len(samples),
             sample_chars=sum(len(s) for s in samples),
             model=result.model or ctx.llm.model,
         )
     )
-
-
-def render_sections(sections: Sections) -> dict[str, str]:
-    return {name: getattr(sections, name).to_markdown(name) for name in SECTION_NAMES}
-
-
-def soulprint(rendered: dict[str, str], memory_md: str) -> str:
-    """All sections, then MEMORY: the text the app gives the assistant as its context."""
-    parts = [rendered[name].strip() for name in SECTION_NAMES]
-    parts.append(memory_md.strip())
-    return "\n\n".join(p for p in parts if p) + "\n"
 
 
 def condensed_samples(conversations: list[ScoredConversation], budget_chars: int) -> list[str]:

@@ -293,7 +293,7 @@ def test_storage_path_must_stay_in_the_users_folder(db_dsn: str) -> None:
 
 
 #: The only columns of ``imports`` a user may give on insert.
-USER_COLUMNS = ("user_id", "storage_path", "options")
+USER_COLUMNS = ("user_id", "storage_path", "options", "source")
 #: Columns the trigger and the worker own: a user may not even name them on insert.
 SERVER_COLUMNS: dict[str, Any] = {
     "id": uuid.uuid4(),
@@ -315,6 +315,23 @@ SERVER_COLUMNS: dict[str, Any] = {
     "spent_output_tokens": 0,
     "repairs": 0,
 }
+
+
+def test_a_user_may_start_a_backfill_of_their_own_chunks_only(db_dsn: str) -> None:
+    insert = "insert into imports (user_id, storage_path, source) values (%s, %s, %s)"
+    with session(db_dsn, "authenticated", USER_A) as conn:
+        for user, path, source in (
+            (USER_B, None, "chunks"),  # someone else's
+            (USER_A, PATH_A, "chunks"),  # a backfill has no file
+        ):
+            with pytest.raises(psycopg.errors.DatabaseError), conn.transaction():
+                conn.execute(insert, (user, path, source))
+        with pytest.raises(psycopg.errors.DatabaseError), conn.transaction():
+            conn.execute(insert, (USER_A, None, "export"))  # an export needs its file
+        conn.execute(insert, (USER_A, None, "chunks"))
+        conn.commit()
+    (row,) = query(db_dsn, "select user_id, source, storage_path, status from imports")
+    assert row == {"user_id": USER_A, "source": "chunks", "storage_path": None, "status": "pending"}
 
 
 def test_authenticated_cannot_set_server_columns(db_dsn: str) -> None:

@@ -28,7 +28,9 @@ async def run(settings: Settings, file: Path | None = None) -> int:
     await asyncio.to_thread(migrate.upgrade, dsn)
     user = uuid.uuid4()
     export = file or SAMPLE
-    import_id = await operator.submit(settings, export, user, "user-imports", {})
+    # The bundled sample is small (40 conversations): build its memory anyway.
+    options = {} if file else {"min_conversations": 0}
+    import_id = await operator.submit(settings, export, user, "user-imports", options)
     console.print(f"[bold]submitted[/] {export.name} for user {user}: import {import_id}")
     worker = asyncio.create_task(
         run_worker(settings, dsn=dsn, install_signal_handlers=False, concurrency=2)

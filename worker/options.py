@@ -64,6 +64,16 @@ class Options(BaseModel):
     context_window_tokens: int = Field(
         default=200_000, ge=20_000, le=1_000_000, description="the model's context window"
     )
+    min_conversations: int = Field(
+        default=50,
+        ge=0,
+        le=1_000_000,
+        description="an export with fewer conversations is stored and searchable but builds "
+        "no memory (0: always build it)",
+    )
+    message_chars: int = Field(
+        default=5000, ge=200, le=200_000, description="characters of a message kept in chunks"
+    )
     chunk_tiers: tuple[Tier, ...] = Field(
         default=("medium",),
         min_length=1,

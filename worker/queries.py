@@ -39,8 +39,8 @@ WITH imp AS (
      WHERE i.id = %(import_id)s
     RETURNING i.id
 )
-SELECT imp.id, imp.user_id, imp.storage_path, imp.options, imp.generation, imp.status,
-       st.attempts, st.lease
+SELECT imp.id, imp.user_id, imp.storage_path, imp.source, imp.options, imp.generation,
+       imp.status, st.attempts, st.lease
   FROM imp, st
 """
 
@@ -100,10 +100,28 @@ SELECT 1 FROM public.imports i
 
 FINISH_STAGE: LiteralString = """
 UPDATE public.import_stages
-   SET status = 'done', finished_at = clock_timestamp(), updated_at = now(), error = NULL,
+   SET status = %(status)s, finished_at = clock_timestamp(), updated_at = now(), error = NULL,
        output = %(output)s,
        items_done = coalesce(items_total, items_done)
  WHERE import_id = %(import_id)s AND stage = %(stage)s
+"""
+
+#: Later stages a finishing one decided to skip, each with the reason.
+SKIP_STAGES: LiteralString = """
+UPDATE public.import_stages s
+   SET status = 'skipped', finished_at = clock_timestamp(), updated_at = now(), error = NULL,
+       output = jsonb_build_object('skipped', r.reason)
+  FROM jsonb_each_text(%(reasons)s::jsonb) AS r(stage, reason)
+ WHERE s.import_id = %(import_id)s AND s.stage = r.stage AND s.status NOT IN ('done', 'running')
+"""
+
+#: The first stage after ``stage`` still to run (none: the import is complete).
+NEXT_STAGE: LiteralString = """
+SELECT s.stage FROM public.import_stages s
+ WHERE s.import_id = %(import_id)s AND s.status NOT IN ('done', 'skipped')
+   AND s.position > (SELECT position FROM public.import_stages
+                      WHERE import_id = %(import_id)s AND stage = %(stage)s)
+ ORDER BY s.position LIMIT 1
 """
 
 ADVANCE_IMPORT: LiteralString = """
@@ -207,9 +225,11 @@ UPDATE public.imports i
 """
 
 # --- chunks ---------------------------------------------------------------
+# A pass works on its staged chunks (import_chunks); they replace the user's
+# chunks in conversation_chunks when the pass is published.
 
 DELETE_CHUNKS: LiteralString = """
-DELETE FROM public.conversation_chunks WHERE import_id = %(import_id)s
+DELETE FROM public.import_chunks WHERE import_id = %(import_id)s
 """
 
 DELETE_SAVED_FACTS: LiteralString = """
@@ -223,7 +243,7 @@ COPY public.chunk_saved_facts (
 """
 
 COPY_CHUNKS: LiteralString = """
-COPY public.conversation_chunks (
+COPY public.import_chunks (
     id, user_id, import_id, conversation_id, title, content, token_count, chunk_index,
     total_chunks, chunk_tier, message_count, is_recent, created_at, content_hash
 ) FROM STDIN
@@ -232,7 +252,7 @@ COPY public.conversation_chunks (
 #: The map step's work list: ids and hashes only (contents are read page by page).
 CHUNKS_FOR_EXTRACTION: LiteralString = """
 SELECT c.id::text AS id, c.content_hash
-  FROM public.conversation_chunks c
+  FROM public.import_chunks c
  WHERE c.import_id = %(import_id)s AND c.chunk_tier = %(tier)s
  ORDER BY c.created_at NULLS LAST, c.conversation_id, c.chunk_index
 """
@@ -244,7 +264,7 @@ SELECT c.id::text AS id, c.conversation_id, c.chunk_index, coalesce(c.title, '')
        c.content, c.content_hash, c.created_at,
        (SELECT jsonb_agg(s.facts ORDER BY s.ordinal) FROM public.chunk_saved_facts s
          WHERE s.import_id = c.import_id AND s.chunk_id = c.id) AS saved
-  FROM public.conversation_chunks c
+  FROM public.import_chunks c
  WHERE c.import_id = %(import_id)s AND c.id = ANY(%(ids)s::uuid[])
 """
 
@@ -318,12 +338,12 @@ CHUNK_FACTS_WITH_DATES: LiteralString = """
 SELECT chunk_id, facts, created_at FROM (
     SELECT f.chunk_id::text AS chunk_id, f.facts, c.created_at
       FROM public.chunk_facts f
-      LEFT JOIN public.conversation_chunks c ON c.id = f.chunk_id
+      LEFT JOIN public.import_chunks c ON c.id = f.chunk_id
      WHERE f.import_id = %(import_id)s AND f.error IS NULL AND f.fact_count > 0
     UNION ALL
     SELECT s.chunk_id::text, s.facts, coalesce(s.said_at, c.created_at)
       FROM public.chunk_saved_facts s
-      LEFT JOIN public.conversation_chunks c ON c.id = s.chunk_id
+      LEFT JOIN public.import_chunks c ON c.id = s.chunk_id
      WHERE s.import_id = %(import_id)s
 ) facts
  ORDER BY created_at NULLS FIRST, chunk_id
@@ -335,7 +355,7 @@ WITH conv AS (
     SELECT c.conversation_id, max(c.title) AS title, max(c.created_at) AS created_at,
            sum(c.token_count) AS tokens, bool_or(c.is_recent) AS is_recent,
            sum(coalesce(f.fact_count, 0)) AS facts
-      FROM public.conversation_chunks c
+      FROM public.import_chunks c
       LEFT JOIN public.chunk_facts f ON f.chunk_id = c.id AND f.import_id = c.import_id
      WHERE c.import_id = %(import_id)s AND c.chunk_tier = %(tier)s
      GROUP BY c.conversation_id
@@ -348,7 +368,7 @@ SELECT conversation_id, title, created_at, tokens, facts,
 """
 
 CONVERSATION_TEXT: LiteralString = """
-SELECT conversation_id, chunk_index, content FROM public.conversation_chunks
+SELECT conversation_id, chunk_index, content FROM public.import_chunks
  WHERE import_id = %(import_id)s AND chunk_tier = %(tier)s
    AND conversation_id = ANY(%(conversation_ids)s)
  ORDER BY conversation_id, chunk_index
@@ -356,22 +376,62 @@ SELECT conversation_id, chunk_index, content FROM public.conversation_chunks
 
 # --- finalize -------------------------------------------------------------
 
+#: A backfill's chunks: the ones the user has (from the app's quick pass or an
+#: earlier pass), staged as they are, embeddings included.
+STAGE_EXISTING_CHUNKS: LiteralString = """
+SELECT public.fullpass_stage_existing_chunks(%(import_id)s, %(user_id)s) AS staged
+"""
+
+STAGED_COUNTS: LiteralString = """
+SELECT count(*) AS chunks, count(DISTINCT conversation_id) AS conversations,
+       coalesce(array_agg(DISTINCT chunk_tier), '{}') AS tiers
+  FROM public.import_chunks WHERE import_id = %(import_id)s
+"""
+
+#: Publishing the pass's chunks: the user's published chunks go (the app's own
+#: rows only when ``replace_app_rows``), the staged ones take their place.
+DELETE_PUBLISHED_CHUNKS: LiteralString = """
+DELETE FROM public.conversation_chunks
+ WHERE user_id = %(user_id)s AND (import_id IS NOT NULL OR %(replace_app_rows)s)
+"""
+
+PUBLISH_STAGED_CHUNKS: LiteralString = """
+SELECT public.fullpass_publish_chunks(%(import_id)s) AS published
+"""
+
+#: Whether the app's own chunks may be replaced without losing searchable
+#: chunks: the staged ones are at least as many with an embedding (or no
+#: embedding column exists, and text search finds both alike).
+APP_ROWS_REPLACEABLE: LiteralString = """
+SELECT public.fullpass_app_chunks_replaceable(%(import_id)s, %(user_id)s) AS replaceable
+"""
+
+#: MEMORY, published as soon as the memory stage has it (new data: nothing of
+#: the v1 profile is at risk).
+WRITE_MEMORY: LiteralString = """
+UPDATE public.user_profiles SET memory_md = %(memory_md)s, updated_at = now()
+ WHERE user_id = %(user_id)s
+"""
+
+INSERT_MEMORY: LiteralString = """
+INSERT INTO public.user_profiles (user_id, memory_md) VALUES (%(user_id)s, %(memory_md)s)
+"""
+
 #: The v2 profile, written only when the whole pass succeeded.
 WRITE_PROFILE: LiteralString = """
 UPDATE public.user_profiles
    SET soul_md = %(soul_md)s, identity_md = %(identity_md)s, user_md = %(user_md)s,
        agents_md = %(agents_md)s, tools_md = %(tools_md)s, soulprint_text = %(soulprint_text)s,
-       memory_md = %(memory_md)s, full_pass_status = 'complete', full_pass_error = NULL,
+       full_pass_status = 'complete', full_pass_error = NULL,
        full_pass_completed_at = now(), updated_at = now()
  WHERE user_id = %(user_id)s
 """
 
 INSERT_PROFILE: LiteralString = """
 INSERT INTO public.user_profiles (user_id, soul_md, identity_md, user_md, agents_md, tools_md,
-                                  soulprint_text, memory_md, full_pass_status,
-                                  full_pass_completed_at)
+                                  soulprint_text, full_pass_status, full_pass_completed_at)
 VALUES (%(user_id)s, %(soul_md)s, %(identity_md)s, %(user_md)s, %(agents_md)s, %(tools_md)s,
-        %(soulprint_text)s, %(memory_md)s, 'complete', now())
+        %(soulprint_text)s, 'complete', now())
 """
 
 # --- operator surface -----------------------------------------------------

@@ -43,7 +43,6 @@ from worker.options import InvalidOptions
 from worker.redact import error_text
 from worker.retry import backoff
 from worker.settings import Settings
-from worker.stages import next_stage
 from worker.store import Claim, Store
 
 logger = logging.getLogger("fullpass.runner")
@@ -137,7 +136,7 @@ async def _run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) -
     try:
         ctx = await _context(deps, claim)
         result = await STAGE_FUNCTIONS[stage](ctx)
-        await _finish(deps.store, claim, result)
+        following = await _finish(deps.store, claim, result)
     except StaleJob:
         logger.info(
             "stage stopped: the import was requeued or cancelled, or another worker took it",
@@ -160,7 +159,7 @@ async def _run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) -
             await result.after_commit()
         except Exception as exc:
             logger.warning("after-commit step failed: %s", error_text(exc), extra=log_extra)
-    if next_stage(stage) is None:
+    if following is None:  # the import is complete
         shutil.rmtree(workdir_for(deps.settings, import_id), ignore_errors=True)
 
 
@@ -184,15 +183,16 @@ async def _context(deps: Deps, claim: Claim) -> StageContext:
     )
 
 
-async def _finish(store: Store, claim: Claim, result: StageResult) -> None:
+async def _finish(store: Store, claim: Claim, result: StageResult) -> str | None:
+    """Complete (or park) the stage; the stage that runs next (None: the import is done)."""
     if result.reschedule_in is not None:
         # Waiting on work done elsewhere (a Message Batch): no worker slot is
         # held meanwhile, and the wait does not count as an attempt.
         output = result.final_output()
         saved = output.saved if isinstance(output, Parked) else output.model_dump(mode="json")
         await store.park(claim.fence, saved, result.reschedule_in)
-        return
-    await store.complete(claim.fence, result, next_stage(claim.fence.stage))
+        return claim.fence.stage
+    return await store.complete(claim.fence, result)
 
 
 async def _handle_failure(

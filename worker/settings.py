@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     retry_base_seconds: int = Field(default=2, ge=0, alias="FULLPASS_RETRY_BASE_SECONDS")
     heartbeat_seconds: float = Field(default=5.0, gt=0, alias="FULLPASS_HEARTBEAT_SECONDS")
     stalled_seconds: float = Field(default=30.0, gt=0, alias="FULLPASS_STALLED_SECONDS")
+    #: Whether a pass replaces the chunks the app wrote itself (no import_id):
+    #: ``auto`` when that keeps at least as many chunks with an embedding.
+    replace_app_chunks: Literal["auto", "always", "never"] = Field(
+        default="auto", alias="FULLPASS_REPLACE_APP_CHUNKS"
+    )
     maintenance_seconds: float = Field(default=30.0, gt=0, alias="FULLPASS_MAINTENANCE_SECONDS")
     log_format: Literal["text", "json"] = Field(default="text", alias="FULLPASS_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="FULLPASS_LOG_LEVEL")

@@ -30,8 +30,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from jobs.domain.facts import Facts
+from jobs.domain.sections import SECTION_NAMES
 from jobs.ingest.model import Chunk
-from jobs.outputs import StageOutput
+from jobs.outputs import Skipped, StageOutput
 from worker import queries
 from worker.db import Conn
 from worker.errors import StaleJob
@@ -47,9 +48,12 @@ COPY_BATCH = 512
 class ImportRow:
     id: UUID
     user_id: UUID
-    storage_path: str
+    #: None for a backfill (``source = 'chunks'``): no export file.
+    storage_path: str | None
     options: dict[str, Any]
     generation: int
+    #: ``export`` (a file to read) or ``chunks`` (the user's existing chunks).
+    source: str = "export"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,17 +179,38 @@ class ReplaceChunks:
     written: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class PublishProfile:
-    """The v2 profile: written only when the whole pass has succeeded."""
+@dataclass(slots=True)
+class StageExistingChunks:
+    """A backfill's chunks: the user's published ones, staged as they are."""
 
     user_id: UUID
-    sections_md: dict[str, str | None]
-    soulprint_text: str | None
+    #: Filled in when applied.
+    chunks: int = 0
+    conversations: int = 0
+    tiers: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishMemory:
+    """MEMORY, published when the memory stage has it."""
+
+    user_id: UUID
     memory_md: str
 
 
-FinalWrite = ReplaceChunks | PublishProfile
+@dataclass(frozen=True, slots=True)
+class PublishPass:
+    """What a successful pass publishes, all at once: its chunks in place of the
+    user's, and the v2 sections (None: a pass that built no sections)."""
+
+    user_id: UUID
+    #: Section name -> the section as the JSON object the app reads.
+    sections: dict[str, str] | None
+    soulprint_text: str | None
+    replace_app_chunks: str = "auto"
+
+
+FinalWrite = ReplaceChunks | StageExistingChunks | PublishMemory | PublishPass
 
 
 @dataclass(slots=True)
@@ -196,6 +221,8 @@ class StageResult:
     output: StageOutput | Callable[[], StageOutput]
     #: Applied in the transaction that completes the stage.
     writes: Sequence[FinalWrite] = ()
+    #: Later stages this one decided to skip, with the reason for each.
+    skip: dict[str, str] = field(default_factory=dict)
     #: Best-effort work after that transaction (e.g. the completion callback).
     after_commit: Callable[[], Awaitable[None]] | None = None
     #: Not finished: save ``output`` and run this stage again in that many seconds.
@@ -273,6 +300,7 @@ class Store:
             storage_path=row["storage_path"],
             options=dict(row["options"] or {}),
             generation=row["generation"],
+            source=row["source"],
         )
         fence = Fence(imp.id, imp.generation, stage, row["lease"])
         return Claim(imp, fence, int(row["attempts"]))
@@ -307,8 +335,11 @@ class Store:
             ).fetchall()
         return {r["stage"]: dict(r["output"] or {}) for r in rows}
 
-    async def complete(self, fence: Fence, result: StageResult, next_stage: str | None) -> None:
-        """The stage's final writes, its checkpoint and the hand-over, in one transaction."""
+    async def complete(self, fence: Fence, result: StageResult) -> str | None:
+        """The stage's final writes, its checkpoint and the hand-over, in one transaction.
+
+        Returns the stage deferred next (None: the import is complete).
+        """
         async with self.pool.connection() as conn, conn.transaction():
             for write in result.writes:
                 await self._apply(conn, fence, write)
@@ -320,11 +351,22 @@ class Store:
                 "fact_count": None,
                 **final.import_counts(),
             }
-            output = final.model_dump(mode="json")
+            key = {"import_id": fence.import_id, "stage": fence.stage}
             await conn.execute(
                 queries.FINISH_STAGE,
-                {"import_id": fence.import_id, "stage": fence.stage, "output": Jsonb(output)},
+                {
+                    **key,
+                    "status": "skipped" if isinstance(final, Skipped) else "done",
+                    "output": Jsonb(final.model_dump(mode="json")),
+                },
             )
+            if result.skip:
+                await conn.execute(
+                    queries.SKIP_STAGES,
+                    {"import_id": fence.import_id, "reasons": Jsonb(result.skip)},
+                )
+            row = await (await conn.execute(queries.NEXT_STAGE, key)).fetchone()
+            next_stage: str | None = row["stage"] if row else None
             if next_stage is None:
                 await conn.execute(
                     queries.COMPLETE_IMPORT, {"import_id": fence.import_id, **counts}
@@ -342,6 +384,7 @@ class Store:
                         "generation": fence.generation,
                     },
                 )
+        return next_stage
 
     async def park(self, fence: Fence, output: dict[str, Any], delay: float) -> None:
         """Save a waiting stage's state and run it again in ``delay`` seconds."""
@@ -387,8 +430,23 @@ class Store:
     async def _apply(self, conn: Conn, fence: Fence, write: FinalWrite) -> None:
         if isinstance(write, ReplaceChunks):
             await self._replace_chunks(conn, fence, write)
+        elif isinstance(write, StageExistingChunks):
+            await conn.execute(
+                queries.STAGE_EXISTING_CHUNKS,
+                {"import_id": fence.import_id, "user_id": write.user_id},
+            )
+            row = await (
+                await conn.execute(queries.STAGED_COUNTS, {"import_id": fence.import_id})
+            ).fetchone()
+            assert row is not None
+            write.chunks, write.conversations = int(row["chunks"]), int(row["conversations"])
+            write.tiers = sorted(row["tiers"])
+        elif isinstance(write, PublishMemory):
+            params = {"user_id": write.user_id, "memory_md": write.memory_md}
+            if (await conn.execute(queries.WRITE_MEMORY, params)).rowcount == 0:
+                await conn.execute(queries.INSERT_MEMORY, params)
         else:
-            await self._publish_profile(conn, write)
+            await self._publish_pass(conn, fence, write)
 
     @staticmethod
     async def _replace_chunks(conn: Conn, fence: Fence, write: ReplaceChunks) -> None:
@@ -422,19 +480,31 @@ class Store:
                     await copy.write_row(row)
 
     @staticmethod
-    async def _publish_profile(conn: Conn, write: PublishProfile) -> None:
+    async def _publish_pass(conn: Conn, fence: Fence, write: PublishPass) -> None:
+        user = {"user_id": write.user_id}
+        replace_app_rows = write.replace_app_chunks == "always"
+        if write.replace_app_chunks == "auto":
+            row = await (
+                await conn.execute(
+                    queries.APP_ROWS_REPLACEABLE, {**user, "import_id": fence.import_id}
+                )
+            ).fetchone()
+            replace_app_rows = bool(row and row["replaceable"])
+        await conn.execute(
+            queries.DELETE_PUBLISHED_CHUNKS, {**user, "replace_app_rows": replace_app_rows}
+        )
+        await conn.execute(queries.PUBLISH_STAGED_CHUNKS, {"import_id": fence.import_id})
+        if write.sections is None:
+            await conn.execute(
+                queries.MIRROR_PROFILE, {**user, "status": "complete", "error": None}
+            )
+            return
         params = {
-            "user_id": write.user_id,
-            "soul_md": write.sections_md.get("soul"),
-            "identity_md": write.sections_md.get("identity"),
-            "user_md": write.sections_md.get("user"),
-            "agents_md": write.sections_md.get("agents"),
-            "tools_md": write.sections_md.get("tools"),
+            **user,
+            **{f"{name}_md": write.sections.get(name) for name in SECTION_NAMES},
             "soulprint_text": write.soulprint_text,
-            "memory_md": write.memory_md,
         }
-        cursor = await conn.execute(queries.WRITE_PROFILE, params)
-        if cursor.rowcount == 0:
+        if (await conn.execute(queries.WRITE_PROFILE, params)).rowcount == 0:
             await conn.execute(queries.INSERT_PROFILE, params)
 
 

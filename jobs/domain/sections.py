@@ -2,11 +2,15 @@
 
 :class:`Sections` is the single source of the sections: their names, what
 each is for (the description the model is given) and their fields; the
-``write_sections`` tool schema is derived from it.
+``write_sections`` tool schema is derived from it. The app stores each
+section as a JSON object in its column (``soul_md``, ``identity_md``, ...) and
+parses it in its chat route: :meth:`Section.to_json` is that object, and
+:func:`soulprint_text` the markdown of all five followed by MEMORY.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,8 +29,14 @@ class Section(BaseModel):
         default_factory=list, description="Five to twelve specific, concrete bullet points."
     )
 
+    def to_json(self) -> str:
+        """The section as the app stores it: ``{"title": ..., "summary": ..., "points": [...]}``."""
+        return json.dumps(self.model_dump(), ensure_ascii=False)
+
     def to_markdown(self, name: str) -> str:
-        lines = [f"# {self.title or name.upper()}", ""]
+        """``# NAME: title``, the summary, the points: one top-level block per section."""
+        heading = f"# {name.upper()}: {self.title}" if self.title else f"# {name.upper()}"
+        lines = [heading, ""]
         if self.summary:
             lines += [self.summary, ""]
         lines += [f"- {p}" for p in self.points]
@@ -69,3 +79,15 @@ SECTION_PURPOSE: dict[str, str] = {
 def tool_schema() -> dict[str, Any]:
     """The ``write_sections`` input schema, derived from :class:`Sections`."""
     return strict_schema(Sections)
+
+
+def soulprint_text(sections: Sections, memory_md: str) -> str:
+    """All five sections, then MEMORY under a heading of the same level.
+
+    Every block is a ``#`` heading, so MEMORY's ``##`` sections read as parts
+    of MEMORY, not as sub-sections of TOOLS.
+    """
+    parts = [getattr(sections, name).to_markdown(name).strip() for name in SECTION_NAMES]
+    if memory_md.strip():
+        parts.append("# MEMORY\n\n" + memory_md.strip())
+    return "\n\n".join(parts) + "\n"

@@ -87,6 +87,7 @@ def worker_env(
             "FULLPASS_RETRY_BASE_SECONDS": "0",
             "FULLPASS_MAX_ATTEMPTS": "10",
             "FULLPASS_LOG_FORMAT": "json",
+            "FULLPASS_MIN_CONVERSATIONS": "0",
             "PYTHONUNBUFFERED": "1",
             **fake.settings_env(),
             **(extra or {}),

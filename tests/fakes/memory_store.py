@@ -177,7 +177,7 @@ def stage_context(
         stage=stage,
         attempt=1,
         settings=settings,
-        options=Options().merged(options or {}),
+        options=Options().merged({"min_conversations": 0, **(options or {})}),
         store=store,
         llm=llm,
         outputs=Outputs({o.stage: o.model_dump(mode="json") for o in outputs}),

@@ -69,8 +69,7 @@ async def test_resume_after_interruption_never_pays_twice_for_a_chunk(
         r["id"]
         for r in query(
             db_dsn,
-            "select c.id::text as id from conversation_chunks c"
-            " join chunk_facts f on f.chunk_id = c.id",
+            "select c.id::text as id from import_chunks c join chunk_facts f on f.chunk_id = c.id",
         )
     }
     assert 0 < len(done_before) < total
@@ -80,7 +79,7 @@ async def test_resume_after_interruption_never_pays_twice_for_a_chunk(
     await drive(deps, db_dsn, import_id)
     assert import_row(db_dsn, import_id)["status"] == "complete"
 
-    rows = query(db_dsn, "select c.id::text as id, c.content from conversation_chunks c")
+    rows = query(db_dsn, "select c.id::text as id, c.content from import_chunks c")
     counts = fake_anthropic.extraction_counts()
     for row in rows:
         key = fake_anthropic.key_of(condense_transcript(row["content"]))
@@ -106,8 +105,7 @@ async def test_batch_mode_submits_polls_and_collects(
         r
         for r in query(
             db_dsn,
-            "select id::text as id, content from conversation_chunks"
-            " where chunk_index = 0 order by id",
+            "select id::text as id, content from import_chunks where chunk_index = 0 order by id",
         )
         if condense_transcript(r["content"])
     )
@@ -141,7 +139,7 @@ async def test_sends_far_fewer_tokens_than_whole_chunks(
     deps = await _deps(settings, pool)
     import_id = submit(settings, USER_A)
     await drive(deps, db_dsn, import_id, until="extract")
-    whole = query(db_dsn, "select sum(token_count) as t from conversation_chunks")[0]["t"]
+    whole = query(db_dsn, "select sum(token_count) as t from import_chunks")[0]["t"]
     sent = stage_rows(db_dsn, import_id)["extract"]["input_tokens"]
     assert 0 < sent < whole * 0.5
 
@@ -238,7 +236,7 @@ async def test_saved_memories_survive_a_model_that_only_answers_garbage(
     rows = query(
         db_dsn,
         "select f.facts, f.error, c.content, c.conversation_id from chunk_facts f"
-        " join conversation_chunks c on c.id = f.chunk_id where f.import_id = %s",
+        " join import_chunks c on c.id = f.chunk_id where f.import_id = %s",
         (import_id,),
     )
     assert rows and all(r["error"] for r in rows if "Saved memory:" in r["content"])
@@ -246,7 +244,7 @@ async def test_saved_memories_survive_a_model_that_only_answers_garbage(
     saved_rows = query(
         db_dsn,
         "select s.facts, c.conversation_id from chunk_saved_facts s"
-        " join conversation_chunks c on c.id = s.chunk_id where s.import_id = %s",
+        " join import_chunks c on c.id = s.chunk_id where s.import_id = %s",
         (import_id,),
     )
     found: dict[str, set[str]] = {}

@@ -84,9 +84,10 @@ async def test_finalize_is_atomic_v1_survives_a_failure(
     monkeypatch.setattr(queries, "COMPLETE_IMPORT", "SELECT 1 / 0")
     await drive(deps, db_dsn, import_id)
     profile = query(db_dsn, "select soul_md, user_md, memory_md, soulprint_text from user_profiles")
-    assert profile == [
-        {"soul_md": "v1 soul", "user_md": "v1 user", "memory_md": None, "soulprint_text": None}
-    ]
+    # MEMORY was published by its stage; the sections were not published.
+    assert _headings(profile[0].pop("memory_md")) == HEADINGS
+    assert profile == [{"soul_md": "v1 soul", "user_md": "v1 user", "soulprint_text": None}]
+    assert query(db_dsn, "select count(*) as n from conversation_chunks") == [{"n": 0}]
     assert stage_rows(db_dsn, import_id)["finalize"]["status"] == "failed"
     assert import_row(db_dsn, import_id)["status"] == "failed"
 

@@ -955,7 +955,7 @@ def check(case: Case, row: dict[str, Any], stage: dict[str, Any] | None) -> str 
         if row["attempts"] != 1:
             return f"bad input was retried ({row['attempts']} attempts): {error[:200]!r}"
         return None
-    output: dict[str, Any] = (stage or {}).get("output") or {}
+    output: dict[str, Any] = ((stage or {}).get("output") or {}).get("stats") or {}
     skipped_items: dict[str, int] = output.get("skipped_items") or {}
     skipped_conversations = int(output.get("skipped_conversations") or 0)
     if (row["conversation_count"] or 0) < case.min_conversations:

@@ -18,6 +18,7 @@ from jobs.outputs import (
     MissingOutput,
     ReduceOutput,
     RegenerateOutput,
+    Skipped,
 )
 from jobs.reduce import reduce
 from jobs.regenerate import regenerate
@@ -58,6 +59,19 @@ async def test_extract_checkpoints_every_chunk_and_skips_silent_ones() -> None:
     # A second run finds nothing left to do.
     again = (await extract(ctx)).final_output()
     assert isinstance(again, ExtractOutput) and again.calls == 0
+
+
+async def test_a_small_export_skips_the_memory_stages_without_a_call() -> None:
+    store = store_with_chunks()
+    provider = LosingProvider(store)
+    ctx = stage_context(
+        "extract", store, provider, outputs=[CHUNKED], options={"min_conversations": 50}
+    )
+    result = await extract(ctx)
+    out = result.final_output()
+    assert isinstance(out, Skipped) and "3 conversation(s), fewer than 50" in out.skipped
+    assert set(result.skip) == {"reduce", "memory", "regenerate"}
+    assert provider.calls == 0 and store.checkpoints == {}
 
 
 class LosingProvider(OfflineProvider):

@@ -29,6 +29,7 @@ def env(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
         "FULLPASS_STORAGE_DIR": str(tmp_path / "storage"),
         "FULLPASS_LLM": "offline",
         "FULLPASS_HEARTBEAT_SECONDS": "0.5",
+        "FULLPASS_MIN_CONVERSATIONS": "0",
     }
     for key in ("ANTHROPIC_API_KEY", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY"):
         monkeypatch.delenv(key, raising=False)
