@@ -2,19 +2,49 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo sample test test-fast lint format migrate worker bench-ingest bench-pipeline clean
+# The pinned, hashed dependency sets (`make lock` writes them from pyproject.toml):
+#   requirements/lock.txt        runtime (the Docker image)
+#   requirements/dev-lock.txt    runtime + dev (make venv, CI)
+#   requirements/build-lock.txt  pip and setuptools (from requirements/build.in)
+LOCKS := requirements/build-lock.txt requirements/lock.txt requirements/dev-lock.txt
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCKS) | cksum | cut -d' ' -f1)
+PIP_INSTALL := $(BIN)/python -m pip install -q --disable-pip-version-check
+
+.PHONY: venv lock demo sample test test-fast lint format migrate worker bench-ingest bench-pipeline clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
-	@rm -f $(VENV)/.installed-*
+# A new pyproject.toml or lock rebuilds the virtualenv from scratch, so that it
+# holds exactly the locked set and nothing left over from an earlier one.
+$(STAMP): pyproject.toml $(LOCKS)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) --require-hashes -r requirements/build-lock.txt
+	$(PIP_INSTALL) --require-hashes -r requirements/dev-lock.txt
+	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
 	@touch $@
+
+# Regenerate the locks after changing a dependency in pyproject.toml (or
+# requirements/build.in), then commit them together. Pins still allowed by
+# pyproject.toml are kept; `make lock UPGRADE=1` moves everything to the newest
+# allowed versions. The locks are for CPython 3.11 on Linux x86_64 (the image);
+# the runtime lock is constrained by the dev lock, so both pin the same versions.
+UV_VERSION := 0.13.9
+LOCK_TOOLS := .lock-tools
+UV := $(LOCK_TOOLS)/bin/uv
+LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	--generate-hashes --no-config --quiet $(if $(UPGRADE),--upgrade)
+
+$(UV):
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+
+lock: $(UV)
+	$(UV) pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements/dev-lock.txt
+	$(UV) pip compile pyproject.toml -c requirements/dev-lock.txt $(LOCK_FLAGS) -o requirements/lock.txt
+	$(UV) pip compile requirements/build.in $(LOCK_FLAGS) -o requirements/build-lock.txt
 
 demo: venv
 	$(BIN)/fullpass demo
@@ -52,4 +82,4 @@ bench-pipeline: venv
 	$(BIN)/python bench/pipeline.py
 
 clean:
-	rm -rf $(VENV) .test-home .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LOCK_TOOLS) .test-home .pytest_cache .mypy_cache .ruff_cache *.egg-info
