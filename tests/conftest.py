@@ -164,6 +164,7 @@ def make_settings(dsn: str, tmp_path: Path, **overrides: Any) -> Settings:
         "SUPABASE_SERVICE_ROLE_KEY": None,
         "FULLPASS_ALERT_WEBHOOK": None,
         "FULLPASS_CALLBACK_URL": None,
+        "FULLPASS_CALLBACK_SECRET": None,
     }
     values.update(overrides)
     return Settings(**values)

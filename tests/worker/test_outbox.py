@@ -553,6 +553,21 @@ def test_chunks_embedded_counts_the_users_embeddings_with_or_without_pgvector(
     assert events(db_dsn, first)[-1]["payload"]["chunks_embedded"] == 2
 
 
+def test_an_app_table_that_cannot_be_read_never_keeps_an_import_from_ending(db_dsn: str) -> None:
+    query(db_dsn, "alter table user_profiles drop column memory_md")
+    query(db_dsn, "alter table conversation_chunks add column if not exists embedding real[]")
+    query(db_dsn, "alter table conversation_chunks rename column user_id to owner_id")
+    import_id = cancelled_import(db_dsn)
+    assert import_row(db_dsn, import_id)["status"] == "cancelled"
+    body = events(db_dsn, import_id)[0]["payload"]
+    assert (body["soulprint_ready"], body["memory_ready"], body["chunks_embedded"]) == (
+        None,
+        None,
+        None,
+    )
+    assert body["status"] == "cancelled" and body["memory_building"] is False
+
+
 # --------------------------------------------------------------------------- roles, secrets
 
 
