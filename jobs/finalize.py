@@ -6,15 +6,15 @@ and the v2 sections (each the JSON object the app parses) and the soulprint
 text replace the v1 profile. The app sees the v1 profile and the old chunks
 until the whole pass has succeeded, and the new ones after, never a mix.
 MEMORY was published when the memory stage finished. A pass that built no
-memory (a small export) publishes its chunks only.
+memory (a small export) publishes its chunks only. The completion callback's
+event is written by that transaction too (:mod:`worker.outbox`).
 """
 
 from __future__ import annotations
 
 from jobs.context import PublishPass, StageContext, StageResult
 from jobs.domain.sections import SECTION_NAMES, Sections
-from jobs.outputs import ChunkOutput, FinalizeOutput, MemoryOutput, RegenerateOutput
-from worker import notify
+from jobs.outputs import FinalizeOutput, MemoryOutput, RegenerateOutput
 
 
 async def finalize(ctx: StageContext) -> StageResult:
@@ -33,23 +33,5 @@ async def finalize(ctx: StageContext) -> StageResult:
         soulprint_text=soulprint,
         replace_app_chunks=ctx.settings.replace_app_chunks,
     )
-    chunked = ctx.outputs.get(ChunkOutput)
-
-    async def after_commit() -> None:
-        await notify.completed(
-            ctx.settings,
-            {
-                "event": "import_complete",
-                "import_id": str(ctx.imp.id),
-                "user_id": str(ctx.imp.user_id),
-                "conversation_count": chunked.conversations,
-                "chunk_count": chunked.chunks,
-            },
-        )
-
     await ctx.store.report_progress(1, 1)
-    return StageResult(
-        FinalizeOutput(published=True, memory_chars=memory_chars),
-        writes=[publish],
-        after_commit=after_commit,
-    )
+    return StageResult(FinalizeOutput(published=True, memory_chars=memory_chars), writes=[publish])

@@ -164,6 +164,7 @@ def make_settings(dsn: str, tmp_path: Path, **overrides: Any) -> Settings:
         "SUPABASE_SERVICE_ROLE_KEY": None,
         "FULLPASS_ALERT_WEBHOOK": None,
         "FULLPASS_CALLBACK_URL": None,
+        "FULLPASS_CALLBACK_SECRET": None,
         # The test exports are small: build their memory anyway (tests of the
         # small-export rule set it themselves).
         "FULLPASS_MIN_CONVERSATIONS": 0,

@@ -16,7 +16,15 @@ from typing import Any
 from worker.redact import redact_record
 from worker.settings import Settings
 
-STRUCTURED_FIELDS = ("import_id", "stage", "attempt", "generation", "duration_s", "job_id")
+STRUCTURED_FIELDS = (
+    "import_id",
+    "stage",
+    "attempt",
+    "generation",
+    "duration_s",
+    "job_id",
+    "event_id",
+)
 
 
 class RedactingFilter(logging.Filter):

@@ -10,6 +10,9 @@
 * **Scratch files.** Exports are copied under ``$FULLPASS_HOME/work/<import>``;
   a directory whose import is no longer pending or processing (complete,
   failed, cancelled, deleted) is removed, however the import ended.
+* **Callback events.** An event undelivered a day after it was written is
+  given up, and finished ones are deleted after a week
+  (:func:`worker.outbox.housekeeping`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from psycopg_pool import AsyncConnectionPool
 
-from worker import queries
+from worker import outbox, queries
 from worker.db import Conn
 from worker.redact import error_text
 from worker.settings import Settings
@@ -106,7 +109,11 @@ async def clean_scratch(pool: AsyncConnectionPool[Conn], settings: Settings) -> 
 
 
 async def run_once(pool: AsyncConnectionPool[Conn], settings: Settings) -> None:
-    for step in (repair_orphans(pool), clean_scratch(pool, settings)):
+    for step in (
+        repair_orphans(pool),
+        clean_scratch(pool, settings),
+        outbox.housekeeping(pool, settings),
+    ):
         try:
             await step
         except Exception as exc:

@@ -1,7 +1,8 @@
-"""Outgoing webhooks: the failure alert and the completion callback.
+"""Outgoing webhooks: the operator's failure alert.
 
-Both are best-effort: a webhook that is down must never fail an import, so
-errors are logged (without secrets) and swallowed after a few tries. Each
+Best-effort: a webhook that is down must never fail an import, so errors are
+logged (without secrets) and swallowed after a few tries. (The app's
+completion callback is delivered from an outbox: :mod:`worker.outbox`.) Each
 request has one total deadline (``FULLPASS_WEBHOOK_TIMEOUT``, 10 s): a
 receiver that accepts the connection and then trickles its answer a byte at
 a time cannot hold a worker slot.
@@ -53,9 +54,3 @@ async def alert(settings: Settings, payload: dict[str, Any]) -> None:
     """Tell operators an import failed for good (``FULLPASS_ALERT_WEBHOOK``)."""
     if settings.alert_webhook:
         await post_json(settings.alert_webhook, payload, deadline=settings.webhook_timeout)
-
-
-async def completed(settings: Settings, payload: dict[str, Any]) -> None:
-    """Tell the app a full pass finished (``FULLPASS_CALLBACK_URL``)."""
-    if settings.callback_url:
-        await post_json(settings.callback_url, payload, deadline=settings.webhook_timeout)

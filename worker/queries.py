@@ -483,6 +483,76 @@ LIVE_IMPORTS: LiteralString = """
 SELECT id FROM public.imports WHERE id = ANY(%(ids)s) AND status IN ('pending', 'processing')
 """
 
+# --- the completion callback (worker/outbox.py) -------------------------------
+
+LISTEN_EVENTS: LiteralString = "LISTEN fullpass_import_events"
+
+#: Claims due events for one sender: each goes to one sender (SKIP LOCKED),
+#: counts an attempt, and is leased (not due again) until the request's
+#: deadline and a margin have passed, so a sender that dies with it lets it go.
+CLAIM_EVENTS: LiteralString = """
+WITH due AS (
+    SELECT id FROM public.import_events
+     WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
+     ORDER BY next_attempt_at, created_at
+     LIMIT %(limit)s
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE public.import_events e
+   SET attempts = e.attempts + 1, lease = gen_random_uuid(), leased_by = %(worker)s,
+       next_attempt_at = clock_timestamp() + %(lease_seconds)s * interval '1 second'
+  FROM due
+ WHERE e.id = due.id
+RETURNING e.id, e.import_id, e.kind, e.payload, e.attempts, e.lease
+"""
+
+#: Whoever sent it: a delivered event is delivered, even if its lease ran out
+#: meanwhile (another sender then does not send it again).
+EVENT_DELIVERED: LiteralString = """
+UPDATE public.import_events
+   SET delivered_at = now(), lease = NULL
+ WHERE id = %(id)s AND delivered_at IS NULL AND failed_at IS NULL
+"""
+
+EVENT_RETRY_LATER: LiteralString = """
+UPDATE public.import_events
+   SET next_attempt_at = now() + %(delay)s * interval '1 second', lease = NULL,
+       last_error = %(error)s
+ WHERE id = %(id)s AND lease = %(lease)s AND delivered_at IS NULL AND failed_at IS NULL
+"""
+
+EVENT_GIVEN_UP: LiteralString = """
+UPDATE public.import_events
+   SET failed_at = now(), lease = NULL, last_error = %(error)s
+ WHERE id = %(id)s AND lease = %(lease)s AND delivered_at IS NULL AND failed_at IS NULL
+"""
+
+NEXT_EVENT_DUE: LiteralString = """
+SELECT extract(epoch FROM min(next_attempt_at) - now())::float8 AS seconds
+  FROM public.import_events
+ WHERE delivered_at IS NULL AND failed_at IS NULL
+"""
+
+#: Events nobody delivered within the time (no worker has a callback URL, or
+#: its receiver never answered): given up, unless a sender holds them now.
+EXPIRE_EVENTS: LiteralString = """
+UPDATE public.import_events
+   SET failed_at = now(), lease = NULL,
+       last_error = coalesce(last_error || '; ', '') || %(reason)s
+ WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
+   AND created_at < now() - %(seconds)s * interval '1 second'
+RETURNING id, import_id
+"""
+
+#: Delivered and given-up events, once they are old enough (a bounded batch).
+PRUNE_EVENTS: LiteralString = """
+DELETE FROM public.import_events
+ WHERE id IN (SELECT id FROM public.import_events
+               WHERE (delivered_at IS NOT NULL OR failed_at IS NOT NULL)
+                 AND coalesce(delivered_at, failed_at) < now() - %(seconds)s * interval '1 second'
+               LIMIT 5000)
+"""
+
 # --- health ------------------------------------------------------------------
 
 FRESH_WORKERS: LiteralString = """

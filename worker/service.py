@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from worker import maintenance, runner, search, tasks
+from worker import maintenance, outbox, runner, search, tasks
 from worker.db import Conn, resolve_dsn
 from worker.llm import make_provider
 from worker.queue import ResilientWorker, is_database_error, sweeper
@@ -117,10 +117,12 @@ async def run_worker(
     )
     try:
         await search.check_embedding_column(pool)  # a model that does not fit: refuse to start
+        outbox.check(settings)  # a callback secret no receiver could check: refuse to start
         async with app.open_async(pool):
             background = [
                 asyncio.create_task(sweeper(app, settings, worker), name="stalled-job sweeper"),
                 asyncio.create_task(maintenance.loop(pool, settings), name="maintenance"),
+                asyncio.create_task(outbox.loop(pool, settings, dsn), name="callback sender"),
             ]
             try:
                 await _run_with_backoff(worker)

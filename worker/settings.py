@@ -44,8 +44,15 @@ class Settings(BaseSettings):
     storage_dir: Path | None = Field(default=None, alias="FULLPASS_STORAGE_DIR")
 
     alert_webhook: str | None = Field(default=None, alias="FULLPASS_ALERT_WEBHOOK")
-    callback_url: str | None = Field(default=None, alias="FULLPASS_CALLBACK_URL")
     webhook_timeout: float = Field(default=10.0, gt=0, alias="FULLPASS_WEBHOOK_TIMEOUT")
+    #: The completion callback (:mod:`worker.outbox`): where, signed with what, how hard to try.
+    callback_url: str | None = Field(default=None, alias="FULLPASS_CALLBACK_URL")
+    callback_secret: SecretStr | None = Field(default=None, alias="FULLPASS_CALLBACK_SECRET")
+    callback_attempts: int = Field(default=12, ge=1, le=100, alias="FULLPASS_CALLBACK_ATTEMPTS")
+    callback_timeout: float = Field(default=10.0, gt=0, le=300, alias="FULLPASS_CALLBACK_TIMEOUT")
+    callback_retry_base_seconds: float = Field(
+        default=5.0, ge=0, alias="FULLPASS_CALLBACK_RETRY_BASE_SECONDS"
+    )
 
     worker_concurrency: int = Field(default=4, ge=1, alias="FULLPASS_WORKER_CONCURRENCY")
     max_attempts: int = Field(default=4, ge=1, alias="FULLPASS_MAX_ATTEMPTS")
@@ -101,9 +108,19 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Secret values that must never reach a log line or an ``error`` column."""
         out = []
-        for secret in (self.anthropic_api_key, self.supabase_service_role_key):
+        for secret in (
+            self.anthropic_api_key,
+            self.supabase_service_role_key,
+            self.callback_secret,
+        ):
             if secret is not None and secret.get_secret_value():
                 out.append(secret.get_secret_value())
+        if self.callback_secret is not None:
+            # The signing key without its prefixes ("v1,", "whsec_"), should it show up alone.
+            bare = self.callback_secret.get_secret_value().strip()
+            bare = bare.removeprefix("v1,").removeprefix("whsec_")
+            if bare and bare not in out:
+                out.append(bare)
         return out
 
 

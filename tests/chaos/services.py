@@ -5,8 +5,8 @@
   so that every LLM-bound stage stays open long enough to be hit by a kill.
 * :class:`SlowStorage`: a stand-in for Supabase Storage that streams exports
   slowly (``download``, and ``chunk`` on a worker that lacks the file, last
-  about a second) and a completion-callback receiver that answers late (the
-  ``finalize`` job stays running while it waits).
+  about a second) and a completion-callback receiver that answers late (a
+  worker's callback sender waits on it; ``test_callback_kills`` has its own).
 """
 
 from __future__ import annotations

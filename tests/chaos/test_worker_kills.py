@@ -70,7 +70,8 @@ def test_sigkilled_workers_lose_nothing_and_repeat_nothing(
     rng = random.Random(20)
     # Widen every stage's window: exports stream in for ~1 s (and again for
     # `chunk` on a worker that lacks the file), MEMORY and sections calls take
-    # ~1 s, the completion callback answers after ~0.8 s.
+    # ~1 s; the completion callback's receiver answers after ~0.8 s (a worker's
+    # callback sender waits on it, not a stage).
     staged_fake.extract_latency = (0.1, 0.25)
     staged_fake.kind_latency = {"memory": 1.0, "sections": 1.0}
     storage.download_seconds = 1.0
@@ -201,8 +202,8 @@ def test_sigkilled_workers_lose_nothing_and_repeat_nothing(
         (ids,),
     ):
         assert r["attempts"] == r["final_attempts"], r
-    # A job killed after its stage committed (e.g. in finalize's callback)
-    # is still swept up and ends: the queue drains.
+    # A job killed after its stage committed (e.g. right after finalize's
+    # commit) is still swept up and ends: the queue drains.
     drain_deadline = time.monotonic() + 20
     while (left := queued_or_running(dsn)) and time.monotonic() < drain_deadline:
         time.sleep(0.2)
