@@ -40,7 +40,10 @@ def saved_facts_of(chunk: Chunk) -> list[SavedFacts]:
 
 
 def chunk_config(ctx: StageContext) -> ChunkConfig:
-    return ChunkConfig(tiers=tuple(t for t in TIER_TOKENS if t in ctx.options.chunk_tiers))
+    return ChunkConfig(
+        tiers=tuple(t for t in TIER_TOKENS if t in ctx.options.chunk_tiers),
+        message_chars=ctx.options.message_chars,
+    )
 
 
 async def chunk(ctx: StageContext) -> StageResult:

@@ -31,7 +31,10 @@ from jobs.ingest.model import Chunk, Conversation, Message, Tier
 
 CHARS_PER_TOKEN: Final = 4
 #: Window sizes of the non-default tiers. ``medium`` follows ``ChunkConfig.target_tokens``.
-TIER_TOKENS: Final[Mapping[Tier, int]] = {"micro": 500, "medium": 2000, "macro": 8000}
+#: Window sizes of the tiers, matching the app's own: micro ~200 characters,
+#: macro ~5,000 characters; ``medium`` (the full pass's) follows
+#: ``ChunkConfig.target_tokens`` (2,000 tokens).
+TIER_TOKENS: Final[Mapping[Tier, int]] = {"micro": 50, "medium": 2000, "macro": 1250}
 MIN_TARGET_TOKENS: Final = 64
 
 _MESSAGE_SEPARATOR: Final = "\n\n"
@@ -58,6 +61,9 @@ class ChunkConfig:
     tiers: tuple[Tier, ...] = ("medium",)
     #: A conversation updated within this many days counts as recent (``is_recent``).
     recent_days: int = 183
+    #: A message longer than this is cut in the stored chunks, as the app's
+    #: own formatter does (a pasted book is not what retrieval should return).
+    message_chars: int = 5000
 
     def __post_init__(self) -> None:
         if self.target_tokens < MIN_TARGET_TOKENS:
@@ -88,10 +94,14 @@ def render_transcript(messages: Sequence[Message]) -> str:
     return _Transcript(messages).text
 
 
+def _capped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit].rstrip() + "…"
+
+
 class _Transcript:
     """Rendered text plus where each message (and its text after the label) starts."""
 
-    def __init__(self, messages: Sequence[Message]) -> None:
+    def __init__(self, messages: Sequence[Message], message_chars: int = 5000) -> None:
         lines: list[str] = []
         self.messages: list[Message] = []
         self.labels: list[str] = []
@@ -99,7 +109,7 @@ class _Transcript:
         self.text_starts: list[int] = []
         pos = 0
         for message in messages:
-            body = message.text.strip()
+            body = _capped(message.text.strip(), message_chars)
             if not body:
                 continue
             name = label(message)
@@ -200,7 +210,7 @@ def chunk_conversation(
     conv: Conversation, *, namespace: uuid.UUID, now: datetime, config: ChunkConfig
 ) -> list[Chunk]:
     """The chunks of ``conv`` for every tier in ``config``, in (tier, index) order."""
-    transcript = _Transcript(conv.messages)
+    transcript = _Transcript(conv.messages, config.message_chars)
     if not transcript.starts:
         return []
     recent = _is_recent(conv, now, config.recent_days)

@@ -150,21 +150,34 @@ def test_message_boundaries_are_preferred() -> None:
 
 
 def test_deterministic_and_tiered() -> None:
-    texts = [" ".join(sentence(m * 100 + i) for i in range(60)) for m in range(10)]
+    texts = [" ".join(sentence(m * 1000 + i) for i in range(300)) for m in range(10)]
     conv = conversation(*texts)
-    config = dict(tiers=("micro", "medium", "macro"))
+    config = dict(tiers=("micro", "medium", "macro"), message_chars=100_000)
     first, second = chunks_of(conv, **config), chunks_of(conv, **config)
     assert first == second
     by_tier: dict[str, list[Chunk]] = {}
     for chunk in first:
         by_tier.setdefault(chunk.chunk_tier, []).append(chunk)
-    assert len(by_tier["micro"]) > len(by_tier["medium"]) > len(by_tier["macro"]) >= 1
-    assert max(c.token_count for c in by_tier["micro"]) <= 500
-    assert max(c.token_count for c in by_tier["macro"]) <= 8000
+    # The app's tiers: micro ~200 characters, medium ~2,000 tokens, macro ~5,000 characters.
+    assert len(by_tier["micro"]) > len(by_tier["macro"]) > len(by_tier["medium"]) >= 1
+    assert max(len(c.content) for c in by_tier["micro"]) <= 200
+    assert max(len(c.content) for c in by_tier["macro"]) <= 5000
+    assert max(len(c.content) for c in by_tier["medium"]) <= 8000
+    assert sum(len(c.content) for c in by_tier["macro"]) / len(by_tier["macro"]) > 3500
     assert len({c.id for c in first}) == len(first)
     for tier, chunks in by_tier.items():
         assert [c.chunk_index for c in chunks] == list(range(len(chunks)))
         assert chunks[0].id == str(uuid.uuid5(NS, f"c1/{tier}/0"))
+
+
+def test_stored_messages_are_cut_where_the_app_cuts_them() -> None:
+    long = "word " * 3000  # 15,000 characters
+    chunks = chunks_of(conversation(long, "short answer"), tiers=("macro",))
+    text = "".join(c.content for c in chunks)
+    assert text.count("word") <= 1000 + 150  # 5,000 characters of it, plus the chunk overlap
+    assert "…" in text and "short answer" in text
+    wide = chunks_of(conversation(long), tiers=("macro",), message_chars=20_000)
+    assert "".join(c.content for c in wide).count("word") >= 3000
 
 
 @pytest.mark.parametrize(("days_ago", "recent"), [(0, True), (183, True), (184, False)])
@@ -198,8 +211,8 @@ def test_config_validation(bad: dict[str, object]) -> None:
 def test_budgets_per_tier() -> None:
     config = ChunkConfig(tiers=("micro", "medium", "macro"))
     assert config.budget("medium") == (2000, 200)
-    assert config.budget("micro") == (500, 50)
-    assert config.budget("macro") == (8000, 800)
+    assert config.budget("micro") == (50, 5)  # ~200 characters
+    assert config.budget("macro") == (1250, 125)  # ~5,000 characters
 
 
 # --------------------------------------------------------------------------- properties
