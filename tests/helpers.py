@@ -38,13 +38,18 @@ def place_export(
 
 
 def insert_import(
-    dsn: str, user_id: uuid.UUID, storage_path: str, options: str = "{}"
+    dsn: str,
+    user_id: uuid.UUID,
+    storage_path: str | None,
+    options: str = "{}",
+    *,
+    source: str = "export",
 ) -> uuid.UUID:
     rows = query(
         dsn,
-        "insert into public.imports (user_id, storage_path, options) values (%s, %s, %s::jsonb)"
-        " returning id",
-        (user_id, storage_path, options),
+        "insert into public.imports (user_id, storage_path, options, source)"
+        " values (%s, %s, %s::jsonb, %s) returning id",
+        (user_id, storage_path, options, source),
     )
     return uuid.UUID(str(rows[0]["id"]))
 

@@ -69,8 +69,17 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, default=None, help="jobs run at once")
     w.add_argument("--queues", default=None, help="comma-separated queues (default: imports)")
 
-    s = sub.add_parser("submit", help="store an export and start a full pass for a user")
-    s.add_argument("file", type=Path)
+    s = sub.add_parser(
+        "submit",
+        help="store an export and start a full pass for a user (or --from-chunks: a pass over"
+        " the chunks the user already has)",
+    )
+    s.add_argument("file", type=Path, nargs="?")
+    s.add_argument(
+        "--from-chunks",
+        action="store_true",
+        help="no export: build MEMORY and the sections from the user's existing chunks",
+    )
     s.add_argument("--user", required=True, help="the user's UUID")
     s.add_argument("--bucket", default="user-imports")
     s.add_argument("--options", default="{}", help="JSON object of per-import overrides")
@@ -180,7 +189,12 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         options = json.loads(args.options)
     except json.JSONDecodeError as exc:
         raise CliError(f"--options is not JSON: {exc}") from None
-    import_id = asyncio.run(operator.submit(settings, args.file, user, args.bucket, options))
+    if args.from_chunks == (args.file is not None):
+        raise CliError("give an export file, or --from-chunks (not both)")
+    if args.from_chunks:
+        import_id = asyncio.run(operator.backfill(settings, user, options))
+    else:
+        import_id = asyncio.run(operator.submit(settings, args.file, user, args.bucket, options))
     print(import_id)
     return 0
 

@@ -36,15 +36,31 @@ async def submit(
         raise OperatorError(f"no such file: {file}")
     storage_path = f"{bucket}/{user_id}/{file.name}"
     await store(settings, file, storage_path)
+    return await _insert(settings, user_id, storage_path, "export", options)
+
+
+async def backfill(settings: Settings, user_id: UUID, options: dict[str, Any]) -> UUID:
+    """Start a pass over the chunks the user already has (no export file)."""
+    return await _insert(settings, user_id, None, "chunks", options)
+
+
+async def _insert(
+    settings: Settings,
+    user_id: UUID,
+    storage_path: str | None,
+    source: str,
+    options: dict[str, Any],
+) -> UUID:
+    params = {
+        "user_id": user_id,
+        "storage_path": storage_path,
+        "source": source,
+        "options": Jsonb(options),
+    }
     async with connect(resolve_dsn(settings)) as conn:
         try:
-            row = await (
-                await conn.execute(
-                    queries.INSERT_IMPORT,
-                    {"user_id": user_id, "storage_path": storage_path, "options": Jsonb(options)},
-                )
-            ).fetchone()
-        except psycopg.errors.UniqueViolation as exc:
+            row = await (await conn.execute(queries.INSERT_IMPORT, params)).fetchone()
+        except (psycopg.errors.UniqueViolation, psycopg.errors.InvalidParameterValue) as exc:
             raise OperatorError(exc.diag.message_primary or str(exc)) from None
     assert row is not None
     return UUID(str(row["id"]))

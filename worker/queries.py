@@ -437,8 +437,8 @@ VALUES (%(user_id)s, %(soul_md)s, %(identity_md)s, %(user_md)s, %(agents_md)s, %
 # --- operator surface -----------------------------------------------------
 
 INSERT_IMPORT: LiteralString = """
-INSERT INTO public.imports (user_id, storage_path, options)
-VALUES (%(user_id)s, %(storage_path)s, %(options)s)
+INSERT INTO public.imports (user_id, storage_path, source, options)
+VALUES (%(user_id)s, %(storage_path)s, %(source)s, %(options)s)
 RETURNING id
 """
 

@@ -193,3 +193,14 @@ def test_worker_process_completes_an_import_and_stops_on_sigterm(
 
     code, out, _ = run(capsys, "memory", str(import_id))
     assert code == 0 and "## Preferences" in out
+
+
+def test_submit_from_chunks_starts_a_backfill(
+    env: dict[str, str], db_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "submit", "--user", str(USER_A))
+    assert code == 1 and "--from-chunks" in err
+    code, out, _ = run(capsys, "submit", "--from-chunks", "--user", str(USER_A))
+    assert code == 0
+    row = import_row(db_dsn, uuid.UUID(out.strip()))
+    assert (row["source"], row["storage_path"], row["status"]) == ("chunks", None, "pending")
