@@ -874,7 +874,7 @@ def build_cases(base: Base, rng: random.Random) -> list[Case]:
         ("traversal", r"contains a '\.' or '\.\.' segment"),
         ("other_user", r"is outside the folder of user"),
         ("missing", r"export file not found"),
-        ("symlink", r"leads outside the storage directory"),
+        ("symlink", r"symbolic link.*refused|leads outside the storage directory"),
         ("directory", r"export file not found"),
         ("oversize", r"over the download limit"),
     ):
