@@ -34,7 +34,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, fields, replace
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from jobs.domain import rules
 from jobs.domain.facts import DateFact, Decision, Item, Project, normalise, sentence, text_of
@@ -84,7 +84,7 @@ class Rewording:
         unknown = set(rates) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown rewording kinds: {sorted(unknown)}")
-        return replace(self, **rates)
+        return replace(self, **cast("dict[str, Any]", rates))
 
     def rates(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in KINDS}
@@ -124,9 +124,10 @@ class Rewording:
         found: list[Reworded] = []
         for index, part in enumerate(split_parts(transcript)):
             for category, item in rules.extract(part.text).items():
-                found.append(Reworded(category.key, self._reword(rng, item), {index}))
+                reworded = self._reword(rng, item)
+                found.append(Reworded(category.key, reworded, {index}, [text_of(item)]))
             if rng.random() < self.invent and (topic := _topic(part.text)):
-                found.append(Reworded("preferences", f"Is interested in {topic}.", {index}))
+                found.append(Reworded("preferences", f"Is interested in {topic}.", {index}, []))
         facts = self._merged(rng, _deduped(found))
         for fact in facts:
             fact.stray = rng.random() < self.stray_source
@@ -180,7 +181,10 @@ class Rewording:
                 taken.add(j)
                 other = facts[j]
                 fact = Reworded(
-                    fact.category, merge_items(fact.item, other.item), fact.parts | other.parts
+                    fact.category,
+                    merge_items(fact.item, other.item),
+                    fact.parts | other.parts,
+                    fact.said + other.said,
                 )
             out.append(fact)
         return out
@@ -193,6 +197,9 @@ class Reworded:
     category: str
     item: Item
     parts: set[int]
+    #: What the rules found, as the user said it, before it was reworded
+    #: (several for a merged fact; none for an invented one).
+    said: list[str]
     #: Cited with an id that is not in the call.
     stray: bool = False
 
@@ -234,8 +241,9 @@ def _deduped(facts: list[Reworded]) -> list[Reworded]:
         key = (fact.category, normalise(text_of(fact.item)))
         if key in by_text:
             by_text[key].parts |= fact.parts
+            by_text[key].said += [s for s in fact.said if s not in by_text[key].said]
         else:
-            by_text[key] = Reworded(fact.category, fact.item, set(fact.parts))
+            by_text[key] = Reworded(fact.category, fact.item, set(fact.parts), list(fact.said))
     return list(by_text.values())
 
 
