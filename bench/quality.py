@@ -583,7 +583,9 @@ def attribution(run: Run, eval_set: EvalSet) -> dict[str, Any]:
     labels = eval_set.stated()
     judged = correct = dates = dates_correct = 0
     wrong: list[dict[str, Any]] = []
-    for call in run.store.calls:
+    # Calls end in any order: taken in the order of their chunks, for the same report each run.
+    order = {c.id: i for i, c in enumerate(run.store.chunks)}
+    for call in sorted(run.store.calls, key=lambda ids: order[ids[0]]):
         said = {conversation[c] for c in call}
         landed: dict[tuple[str, str], set[str]] = {}
         for chunk_id in call:
