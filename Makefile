@@ -12,7 +12,7 @@ LOCKS := requirements/build-lock.txt requirements/lock.txt requirements/dev-lock
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCKS) | cksum | cut -d' ' -f1)
 PIP_INSTALL := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: venv lock demo sample test test-fast lint format migrate worker bench-ingest bench-pipeline clean
+.PHONY: venv lock demo sample test test-fast lint format migrate worker bench-ingest bench-pipeline eval clean
 
 venv: $(STAMP)
 
@@ -80,6 +80,13 @@ bench-ingest: venv
 
 bench-pipeline: venv
 	$(BIN)/python bench/pipeline.py
+
+# Extraction quality on the labelled evaluation set (bench/eval/): against the fake Messages
+# API without ANTHROPIC_API_KEY; with it, against the real API once the estimated cost is
+# confirmed (EVAL_ARGS=--yes skips the question).
+EVAL_ARGS ?=
+eval: venv
+	$(BIN)/python bench/quality.py $(EVAL_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCK_TOOLS) .test-home .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -17,8 +17,10 @@ they did not answer is extracted online.
 Only the user's words are sent in full: assistant turns are cut to a short
 excerpt that gives the user's replies their context, and small chunks are
 packed together (each under its own conversation header) up to
-``pack_tokens`` (an option) per call. The facts of a pack are attributed back to the chunk
-whose words they share most, so every fact keeps its source chunk and date.
+``pack_tokens`` (an option) per call. Each chunk of a pack has an id in its header
+(``[c2]``) and the model cites, for each fact, the chunks that state it; a fact
+that cites none of them is attributed to the chunk whose words it shares most.
+Either way every fact keeps its source chunk and date.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.context import StageContext, StageResult
-from jobs.domain.facts import Facts, Item, text_of
+from jobs.domain.facts import Facts, Item, sources_of, text_of, uncited
 from jobs.domain.transcript import condense_transcript, novel_part
 from jobs.outputs import BatchState, ChunkOutput, ExtractOutput, Parked, Skipped
 from worker.errors import StaleJob, Transient
@@ -195,7 +197,8 @@ async def _groups(
 
 def _group(items: list[tuple[ChunkText, str]]) -> _Group:
     members = tuple(
-        _Member(t.id, t.content_hash, _header(t), transcript, t.saved) for t, transcript in items
+        _Member(t.id, t.content_hash, _header(t, pack_id(i)), transcript, t.saved)
+        for i, (t, transcript) in enumerate(items)
     )
     first = items[0][0]
     if len(items) == 1:
@@ -211,10 +214,15 @@ def _group(items: list[tuple[ChunkText, str]]) -> _Group:
     return _Group(members, item)
 
 
-def _header(item: ChunkText) -> str:
+def pack_id(index: int) -> str:
+    """The id of a pack's ``index``-th chunk (from 0): in its header, and what the model cites."""
+    return f"c{index + 1}"
+
+
+def _header(item: ChunkText, ident: str) -> str:
     when = item.created_at.date().isoformat() if item.created_at else "undated"
     # A "System:" line: every transcript reader knows it is not the user speaking.
-    return f'System: new conversation "{item.title or "Untitled"}", dated {when}.'
+    return f'System: new conversation [{ident}] "{item.title or "Untitled"}", dated {when}.'
 
 
 def _input(item: ChunkText, transcript: str) -> ExtractionInput:
@@ -380,20 +388,31 @@ def _stems(text: str) -> set[str]:
 
 
 def attribute(facts: Facts, transcripts: list[str]) -> list[Facts]:
-    """Split a pack's facts among its chunks: each fact goes where its words are.
+    """Split a pack's facts among its chunks: each goes where the model says it was said.
 
-    Facts are short sentences built from the user's words, so the chunk that
-    holds most of a fact's (prefix-stemmed) words is its source. A fact that
-    several chunks state in full (the same preference in two conversations)
-    belongs to each of them; a weaker tie goes to the earlier chunk. A
-    single-chunk pack keeps everything.
+    The model cites, for each fact, the ids of the pack's chunks that state it
+    (:func:`pack_id`, in each chunk's header): a model paraphrases, sums up and
+    merges, and a fact worded "Prefers dark mode" or merged from two
+    conversations shares too few words with what was said to be placed by
+    them. Every chunk cited gets the fact (one merged from two conversations
+    belongs to both); ids that are not in the pack are ignored.
+
+    A fact with no valid id goes where its words are: facts are mostly the
+    user's words, so the chunk that holds most of a fact's (prefix-stemmed)
+    words is its source. A fact that several chunks state in full (the same
+    preference in two conversations) belongs to each of them; a weaker tie
+    goes to the earlier chunk. A single-chunk pack keeps everything. The
+    facts handed back cite nothing (:func:`~jobs.domain.facts.uncited`).
     """
     if len(transcripts) == 1:
-        return [facts]
-    vocab = [_stems(t) for t in transcripts]
+        return [Facts.of((category, uncited(item)) for category, item in facts.items())]
+    ids = {pack_id(i): i for i in range(len(transcripts))}
+    vocab: list[set[str]] = []  # the chunks' stems, computed when a fact first needs them
     out = [Facts() for _ in transcripts]
 
     def owners(text: str) -> list[int]:
+        if not vocab:
+            vocab.extend(_stems(t) for t in transcripts)
         words = _stems(text)
         scores = [len(words & v) for v in vocab]
         top = max(scores)
@@ -402,8 +421,9 @@ def attribute(facts: Facts, transcripts: list[str]) -> list[Facts]:
         return [scores.index(top)]
 
     for category, item in facts.items():
-        for i in owners(text_of(item)):
-            getattr(out[i], category.key).append(item)
+        cited = sorted({ids[s] for s in sources_of(item) if s in ids})
+        for i in cited or owners(text_of(item)):
+            getattr(out[i], category.key).append(uncited(item))
     return out
 
 

@@ -13,10 +13,11 @@ item, not in every stage.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, TypeAlias, cast
+from typing import Annotated, Any, ClassVar, Final, TypeAlias, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,6 +38,31 @@ def sentence(text: str) -> str:
     return text if not text or text[-1] in ".!?" else text + "."
 
 
+#: The field of an answer's item that says where the fact was said: the ids of
+#: the excerpts of a packed call (``c1``, ``c2``, in their headers) that state it.
+SOURCES: Final = "sources"
+_SOURCES_DESCRIPTION: Final = (
+    'The id ("c2") of each conversation of the transcript that states the fact, '
+    "when it holds several; else empty."
+)
+
+
+class Sentence(str):
+    """A sentence fact (a preference, a belief) as an answer gave it, with the ids it cited.
+
+    It is the plain string everywhere else (stored, compared, shown): the ids
+    matter only between reading an answer and attributing its facts to the
+    chunks of a packed call (:func:`sources_of`, :func:`uncited`).
+    """
+
+    sources: tuple[str, ...]
+
+    def __new__(cls, text: str, sources: Iterable[str] = ()) -> Sentence:
+        out = super().__new__(cls, text)
+        out.sources = tuple(sources)
+        return out
+
+
 class StructuredFact(BaseModel):
     """A structured fact; lenient, since models send stray keys and whitespace."""
 
@@ -48,8 +74,15 @@ class StructuredFact(BaseModel):
     #: A field the item is meaningless without (``None``: any field will do).
     required: ClassVar[str | None] = None
 
+    #: The excerpts of a packed call the answer says state the fact (never stored).
+    sources: list[str] = Field(
+        default_factory=list, exclude=True, repr=False, description=_SOURCES_DESCRIPTION
+    )
+
     def fields(self) -> dict[str, str]:
-        return {name: str(getattr(self, name)) for name in type(self).model_fields}
+        return {
+            name: str(getattr(self, name)) for name in type(self).model_fields if name != SOURCES
+        }
 
     def text(self) -> str:
         return " — ".join(v for v in self.fields().values() if v)
@@ -207,7 +240,10 @@ class Category:
         if self.item is str:
             return str(fields.get("text", ""))
         model = cast(type[Project | DateFact | Decision], self.item)
-        return model(**{k: v for k, v in fields.items() if k in model.model_fields})
+        known: dict[str, Any] = {
+            k: v for k, v in fields.items() if k in model.model_fields and k != SOURCES
+        }
+        return model(**known)
 
 
 def _categories() -> tuple[Category, ...]:
@@ -258,9 +294,44 @@ def with_note(item: Item, note: str, when: str) -> Item:
     return item + note if isinstance(item, str) else item.with_note(note, when)
 
 
+def sources_of(item: Item) -> tuple[str, ...]:
+    """The excerpt ids an answer cited for a fact (none for a fact from anywhere else)."""
+    if isinstance(item, StructuredFact):
+        return tuple(item.sources)
+    return item.sources if isinstance(item, Sentence) else ()
+
+
+def uncited(item: Item) -> Item:
+    """The fact without the ids it cited: what is stored and compared."""
+    if isinstance(item, StructuredFact):
+        return item.model_copy(update={SOURCES: []}) if item.sources else item
+    return str(item) if isinstance(item, Sentence) else item
+
+
 # --------------------------------------------------------------------------- tool schema
 
 
 def tool_schema() -> dict[str, Any]:
-    """The ``record_facts`` input schema, derived from :class:`Facts`."""
-    return strict_schema(Facts)
+    """The ``record_facts`` input schema, derived from :class:`Facts`.
+
+    Every item may name the excerpts that state it (``sources``, optional,
+    last): a structured item declares the field, and a sentence is asked for
+    as ``{"text", "sources"}`` (a bare string is still read).
+    """
+    schema = strict_schema(Facts)
+    structured = next(c for c in CATEGORIES if c.structured)
+    cited = copy.deepcopy(schema["properties"][structured.key]["items"]["properties"][SOURCES])
+    for category in CATEGORIES:
+        prop = schema["properties"][category.key]
+        if category.structured:
+            item = prop["items"]
+            item["properties"][SOURCES] = item["properties"].pop(SOURCES)
+            item["required"].remove(SOURCES)
+        else:
+            prop["items"] = {
+                "type": "object",
+                "properties": {"text": prop["items"], SOURCES: copy.deepcopy(cited)},
+                "required": ["text"],
+                "additionalProperties": False,
+            }
+    return schema

@@ -48,6 +48,7 @@ from typing import Any, Literal, NoReturn, Self
 from jobs.domain import rules
 from jobs.domain.facts import Facts
 from jobs.domain.memory import fallback_memory
+from tests.fakes.rewording import Rewording
 from worker.llm.offline.persona import write_sections
 
 DEFAULT_API_KEY = "sk-ant-fake-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -206,8 +207,11 @@ class FakeAnthropicServer:
         batch_delay: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        reword: Rewording | None = None,
     ) -> None:
         self.api_key = api_key
+        #: Extraction answers worded as a model words them (None: the rules' own sentences).
+        self.reword = reword
         self.require_api_key = require_api_key
         #: Answer like a model without sampling parameters: 400 on ``temperature``.
         self.reject_temperature = False
@@ -355,6 +359,7 @@ class FakeAnthropicServer:
             self._latency = 0.0
             self.reject_temperature = False
             self._batch_delay = 0.0
+            self.reword = None
 
     @property
     def pending_faults(self) -> int:
@@ -623,7 +628,7 @@ class FakeAnthropicServer:
             content = [{"type": "text", "text": _GARBAGE}]
             stop_reason = "end_turn"
         else:
-            result = _respond(kind, body)
+            result = _respond(kind, body, self.reword)
             if isinstance(result, str):
                 content = [{"type": "text", "text": result}]
                 stop_reason = "end_turn"
@@ -1032,10 +1037,13 @@ _BAD_FACTS: dict[str, Any] = {
 _BAD_SECTIONS: dict[str, Any] = {"soul": 1, "identity": [], "user": None}
 
 
-def _respond(kind: str, body: dict[str, Any]) -> dict[str, Any] | str:
+def _respond(
+    kind: str, body: dict[str, Any], reword: Rewording | None = None
+) -> dict[str, Any] | str:
     text = _first_user_text(body)
     if kind == "extract":
-        return extract_facts(_tagged(text, "transcript") or "")
+        transcript = _tagged(text, "transcript") or ""
+        return reword.extract(transcript) if reword else extract_facts(transcript)
     if kind == "consolidate":
         return consolidate_facts(_facts_in(text))
     if kind == "memory":

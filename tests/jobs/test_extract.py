@@ -13,16 +13,16 @@ from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
 from jobs.domain import rules
-from jobs.domain.facts import Facts, Project
+from jobs.domain.facts import BY_KEY, DateFact, Facts, Project, Sentence, sources_of
 from jobs.domain.transcript import condense_transcript, novel_part
-from jobs.extract import _WORD, _stems, attribute, without_saved_facts
+from jobs.extract import _WORD, _group, _stems, attribute, pack_id, without_saved_facts
 from tests.conftest import USER_A, make_settings, query
 from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault
 from tests.fakes.plugin import anthropic_provider
 from tests.helpers import drive, import_row, stage_rows, submit
 from worker import runner
 from worker.settings import Settings
-from worker.store import Store
+from worker.store import ChunkText, Store
 
 
 def test_condense_keeps_user_words_and_trims_assistant_turns() -> None:
@@ -163,6 +163,60 @@ def test_pack_facts_go_to_the_chunk_that_said_them() -> None:
         ["Prefers vim keybindings."],
         ["Prefers tabs over spaces."],
     ]
+
+
+PACK = [
+    "User: I'm building Lumen, a CLI in Rust.",
+    "User: honestly I really prefer vim keybindings",
+    "User: tabs over spaces, always. My launch is on May 3, 2025.",
+]
+
+
+def test_cited_ids_place_what_words_cannot() -> None:
+    merged = Sentence("Prefers vim and tabs.", ["c2", "c3"])
+    launch = DateFact(event="Launch", date="2025-05-03", sources=["c3"])
+    facts = Facts.of([(BY_KEY["preferences"], merged), (BY_KEY["dates"], launch)])
+    shares = attribute(facts, PACK)
+    # A fact merged from two chunks belongs to both; a date goes where it was said
+    # (its ISO form shares no word with "May 3, 2025" but "2025").
+    assert [s.preferences for s in shares] == [[], [merged], [merged]]
+    assert [s.dates for s in shares] == [[], [], [DateFact(event="Launch", date="2025-05-03")]]
+    # What is stored cites nothing.
+    stored = [item for s in shares for _, item in s.items()]
+    assert all(sources_of(item) == () for item in stored)
+    assert all(type(item) is str for s in shares for item in s.preferences)
+
+
+def test_ids_not_in_the_pack_leave_a_fact_to_its_words() -> None:
+    stray = Sentence("Prefers vim keybindings.", ["c9", "chunk 2", ""])
+    project = Project(name="Lumen", description="A Rust CLI.", sources=["c7"])
+    shares = attribute(
+        Facts.of([(BY_KEY["preferences"], stray), (BY_KEY["projects"], project)]), PACK
+    )
+    assert [s.preferences for s in shares] == [[], ["Prefers vim keybindings."], []]
+    assert [s.projects for s in shares] == [
+        [Project(name="Lumen", description="A Rust CLI.")],
+        [],
+        [],
+    ]
+
+
+def test_a_single_chunk_keeps_its_facts_without_ids() -> None:
+    cited = Project(name="Lumen", description="A Rust CLI.", sources=["c1"])
+    (share,) = attribute(Facts.of([(BY_KEY["projects"], cited)]), [PACK[0]])
+    assert share.projects == [Project(name="Lumen", description="A Rust CLI.")]
+
+
+def test_packed_chunks_are_labelled_with_the_ids_the_model_cites() -> None:
+    texts = [
+        ChunkText(f"id{i}", f"conv{i}", 0, f"Title {i}", "User: hi", "h", None) for i in range(3)
+    ]
+    group = _group([(t, "User: hi") for t in texts])
+    assert [m.header for m in group.members] == [
+        f'System: new conversation [{pack_id(i)}] "Title {i}", dated undated.' for i in range(3)
+    ]
+    assert pack_id(0) == "c1"
+    assert '[c3] "Title 2"' in group.item.transcript
 
 
 @given(st.text())

@@ -16,12 +16,14 @@ from typing import Any, cast
 
 from jobs.domain.facts import (
     CATEGORIES,
+    SOURCES,
     Category,
     DateFact,
     Decision,
     Facts,
     Item,
     Project,
+    Sentence,
     StructuredFact,
 )
 from jobs.domain.sections import SECTION_NAMES, Section, Sections
@@ -152,17 +154,41 @@ def _fields(item: object, model: type[StructuredFact]) -> dict[str, str] | None:
         return {model.from_string: text} if text and model.from_string else None
     if not isinstance(item, Mapping):
         return None
-    out = {name: _clean_str(item.get(name)) or "" for name in model.model_fields}
+    out = {name: _clean_str(item.get(name)) or "" for name in model.model_fields if name != SOURCES}
     if model.required is not None and not out[model.required]:
         return None
     return out if any(out.values()) else None
 
 
+#: At most this many ids are read from an item's ``sources``, each this long at most.
+_MAX_SOURCES = 8
+_MAX_SOURCE_CHARS = 16
+
+
+def _sources(item: object) -> list[str]:
+    """The excerpt ids an item cites (a lone string is one id); anything else is none."""
+    value = item.get(SOURCES) if isinstance(item, Mapping) else None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    ids = (_clean_str(v) for v in value[:_MAX_SOURCES])
+    return [i for i in ids if i and len(i) <= _MAX_SOURCE_CHARS]
+
+
+def _sentence(item: object) -> str | None:
+    """A sentence fact: a string, or ``{"text", "sources"}`` (kept with its ids)."""
+    if isinstance(item, Mapping):
+        text = _clean_str(item.get("text"))
+        return Sentence(text, _sources(item)) if text else None
+    return _clean_str(item)
+
+
 def _category_items(category: Category, raw: list[object]) -> list[Item]:
     if not category.structured:
-        return list(_dedupe(s for s in (_clean_str(i) for i in raw) if s))
+        return list(_dedupe(s for s in (_sentence(i) for i in raw) if s))
     model = cast(type[Project | DateFact | Decision], category.item)
-    return [model(**f) for f in (_fields(i, model) for i in raw) if f]
+    return [model(**f, sources=_sources(i)) for i in raw if (f := _fields(i, model))]
 
 
 def facts_from_obj(obj: object) -> Facts:

@@ -66,9 +66,11 @@ saying it applies to them.
 short bullet-point answers.", "Believes users should own their data."), keeping names, \
 numbers and specifics.
 4. Include dates when known. The conversation date is given (when the excerpt holds several \
-conversations, each starts with a "System: new conversation ..." line giving its title and \
-date); use it to resolve relative dates \
-("next Friday", "last year") and put it in a decision's context when the timing matters.
+conversations, each starts with a "System: new conversation [c1] ..." line giving its id, title \
+and date); use it to resolve relative dates ("next Friday", "last year") and put it in a \
+decision's context when the timing matters. When there are several conversations, give every \
+fact the id(s) of the conversation(s) that state it in its "sources" (a fact merged from two \
+conversations gets both ids); with a single conversation, leave "sources" empty.
 5. Categories: preferences (likes, dislikes, habits, how they want things done), projects \
 (what they build, run or work on, with name, description and details), dates (event and \
 date), beliefs (values and convictions), decisions (what they chose and why).

@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from jobs.domain.facts import MEMORY_SECTIONS, DateFact, Decision, Facts, Project
+from jobs.domain.facts import (
+    CATEGORIES,
+    MEMORY_SECTIONS,
+    DateFact,
+    Decision,
+    Facts,
+    Project,
+    sources_of,
+    tool_schema,
+)
 from jobs.domain.memory import NO_DATA, fallback_memory, memory_sections, normalise_memory
 from worker.llm.parse import BadAnswer, json_objects, parse_facts, parse_sections
 
@@ -245,3 +254,41 @@ def test_fallback_memory_is_capped() -> None:
     out = fallback_memory(facts)
     assert len(out) < 6000
     assert re.search(r"- …and \d+ more\.", out)
+
+
+# ------------------------------------------------------------------ cited sources
+
+
+def test_items_keep_the_ids_they_cite() -> None:
+    cited = {
+        "preferences": [{"text": "Prefers tabs.", "sources": ["c2"]}, "Likes tea."],
+        "projects": [{"name": "Lumen", "description": "A notes app.", "sources": "c1"}],
+        "dates": [{"event": "Launch", "date": "2025-03-01", "sources": ["c1", 3, "c" * 40]}],
+        "beliefs": [{"text": "", "sources": ["c1"]}, {"sources": ["c1"]}],
+    }
+    facts = parse_facts([tool(cited)])
+    assert facts.preferences == ["Prefers tabs.", "Likes tea."]
+    assert [sources_of(p) for p in facts.preferences] == [("c2",), ()]
+    assert sources_of(facts.projects[0]) == ("c1",)
+    assert sources_of(facts.dates[0]) == ("c1",)  # not strings, or too long: not ids
+    assert facts.beliefs == []  # a sentence without text is nothing
+    # Stored facts carry no ids.
+    assert "sources" not in json.dumps(facts.model_dump())
+    assert facts.projects[0].fields() == {
+        "name": "Lumen", "description": "A notes app.", "details": "",
+    }  # fmt: skip
+
+
+def test_the_tool_schema_asks_every_item_for_its_sources() -> None:
+    schema = tool_schema()
+    for category in CATEGORIES:
+        item = schema["properties"][category.key]["items"]
+        assert list(item["properties"])[-1] == "sources"
+        assert "sources" not in item["required"]
+        assert item["properties"]["sources"]["type"] == "array"
+        if not category.structured:
+            assert item["required"] == ["text"]
+    # What the schema asks for, the parser reads back.
+    answer = {c.key: [] for c in CATEGORIES}
+    answer["beliefs"] = [{"text": "Believes in tests.", "sources": ["c1"]}]
+    assert sources_of(parse_facts([tool(answer)]).beliefs[0]) == ("c1",)
