@@ -25,12 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    settings = get_settings()
-    from worker.logs import setup_logging
-
-    setup_logging(settings)
     handler = _COMMANDS[args.command]
     try:
+        settings = get_settings()
+        from worker.logs import setup_logging
+
+        setup_logging(settings)
         return int(handler(settings, args))
     except KeyboardInterrupt:
         return 130

@@ -81,7 +81,7 @@ async def check(settings: Settings, *, stuck_minutes: float = 30.0) -> HealthRep
         return report
     if report.embedding_dimension is not None:
         try:
-            check_dimension(search.embedding_settings(), report.embedding_dimension)
+            check_dimension(settings.embeddings, report.embedding_dimension)
         except NeedsOperator as exc:
             report.problems.append(str(exc))
     if report.fresh_workers == 0:

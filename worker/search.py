@@ -138,7 +138,7 @@ async def search(
     async with connect(resolve_dsn(settings)) as conn:
         vector: list[float] | None = None
         if embed:
-            emb = embedding_settings()
+            emb = settings.embeddings
             dimension = await check_embedding_column(conn, emb)
             embedder = make_embedder(emb) if dimension is not None else None
             if embedder is not None:

@@ -11,9 +11,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.embeddings.settings import EmbeddingSettings
+from worker.errors import NeedsOperator
 from worker.options import EnvOptions, Options
 
 DEFAULT_MODEL = "claude-haiku-4-5-20251001"
@@ -36,6 +38,8 @@ class Settings(BaseSettings):
     #: The pipeline's knobs (``FULLPASS_<NAME>``): defaults every import may override.
     options: EnvOptions = Field(default_factory=lambda: EnvOptions())
     global_concurrency: int = Field(default=20, ge=1, le=500, alias="FULLPASS_GLOBAL_CONCURRENCY")
+    #: Embeddings of the chunks (``FULLPASS_EMBEDDINGS*``, see worker/embeddings/settings.py).
+    embeddings: EmbeddingSettings = Field(default_factory=lambda: EmbeddingSettings())
 
     supabase_url: str | None = Field(default=None, alias="SUPABASE_URL")
     supabase_service_role_key: SecretStr | None = Field(
@@ -78,16 +82,23 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _route_options(cls, data: Any) -> Any:
-        """``Settings(FULLPASS_CONCURRENCY=4)`` sets the option, as the environment would."""
+        """``Settings(FULLPASS_CONCURRENCY=4)`` sets the option, and
+        ``Settings(FULLPASS_EMBEDDINGS="none")`` the embeddings, as the environment would."""
         if not isinstance(data, dict):
             return data
-        knobs = {}
+        knobs, embeddings = {}, {}
         for key in list(data):
-            name = key.lower().removeprefix("fullpass_") if isinstance(key, str) else ""
+            if not isinstance(key, str):
+                continue
+            name = key.lower().removeprefix("fullpass_")
             if key.lower().startswith("fullpass_") and name in Options.model_fields:
                 knobs[name] = data.pop(key)
+            elif key.upper() in _EMBEDDING_VARIABLES:
+                embeddings[key.upper()] = data.pop(key)
         if knobs:
             data["options"] = EnvOptions(**knobs)
+        if embeddings:
+            data["embeddings"] = EmbeddingSettings(**embeddings)
         return data
 
     @model_validator(mode="after")
@@ -115,6 +126,7 @@ class Settings(BaseSettings):
         ):
             if secret is not None and secret.get_secret_value():
                 out.append(secret.get_secret_value())
+        out += self.embeddings.secrets()
         if self.callback_secret is not None:
             # The signing key without its prefixes ("v1,", "whsec_"), should it show up alone.
             bare = self.callback_secret.get_secret_value().strip()
@@ -124,6 +136,30 @@ class Settings(BaseSettings):
         return out
 
 
+def _variables(model: type[BaseSettings]) -> frozenset[str]:
+    names: set[str] = set()
+    for field in model.model_fields.values():
+        if isinstance(field.validation_alias, AliasChoices):
+            names.update(str(c).upper() for c in field.validation_alias.choices)
+        elif field.alias:
+            names.add(field.alias.upper())
+    return frozenset(names)
+
+
+_EMBEDDING_VARIABLES = _variables(EmbeddingSettings)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The settings from the environment; :class:`NeedsOperator` naming what is wrong.
+
+    Only the variables and the problems are quoted, never the values given
+    (one may be a key).
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise NeedsOperator(f"settings: {problems}") from None

@@ -45,6 +45,7 @@ def env(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    get_settings.cache_clear()  # each run reads the environment, as a new process would
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err

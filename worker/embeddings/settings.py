@@ -67,10 +67,12 @@ class ModelSpec:
     default_batch: int
     max_batch: int
     max_input_chars: int
+    #: List price, US dollars per million input tokens (None: not known).
+    usd_per_million: float | None = None
 
 
 def _cohere(model: str) -> ModelSpec:
-    return ModelSpec("bedrock", "cohere", model, 1024, frozenset({1024}), 96, 96, 2048)
+    return ModelSpec("bedrock", "cohere", model, 1024, frozenset({1024}), 96, 96, 2048, 0.10)
 
 
 #: The models whose limits are known, by provider and id.
@@ -88,6 +90,7 @@ CATALOGUE: Final[dict[tuple[Provider, str], ModelSpec]] = {
             1,
             1,
             50_000,
+            0.02,
         ),
         ModelSpec(
             "openai",
@@ -98,6 +101,7 @@ CATALOGUE: Final[dict[tuple[Provider, str], ModelSpec]] = {
             256,
             OPENAI_MAX_BATCH,
             OPENAI_MAX_INPUT_CHARS,
+            0.02,
         ),
         ModelSpec(
             "openai",
@@ -108,6 +112,7 @@ CATALOGUE: Final[dict[tuple[Provider, str], ModelSpec]] = {
             256,
             OPENAI_MAX_BATCH,
             OPENAI_MAX_INPUT_CHARS,
+            0.13,
         ),
         ModelSpec(
             "openai",
@@ -118,6 +123,7 @@ CATALOGUE: Final[dict[tuple[Provider, str], ModelSpec]] = {
             256,
             OPENAI_MAX_BATCH,
             OPENAI_MAX_INPUT_CHARS,
+            0.10,
         ),
         ModelSpec(
             "local",
@@ -128,6 +134,7 @@ CATALOGUE: Final[dict[tuple[Provider, str], ModelSpec]] = {
             256,
             4096,
             32_000,
+            0.0,
         ),
     )
 }
@@ -152,6 +159,8 @@ class ResolvedModel:
     #: The model's own size, when known (OpenAI's ``dimensions`` is sent
     #: only when ``dimension`` differs from it).
     native_dimension: int | None
+    #: List price, US dollars per million input tokens (None: not known).
+    usd_per_million: float | None = None
 
 
 class EmbeddingSettings(BaseSettings):
@@ -237,7 +246,14 @@ def resolve_model(settings: EmbeddingSettings) -> ResolvedModel:
             )
         max_chars = settings.max_input_chars
     return ResolvedModel(
-        provider, spec.family, model, dimension, batch, max_chars, spec.native_dimension
+        provider,
+        spec.family,
+        model,
+        dimension,
+        batch,
+        max_chars,
+        spec.native_dimension,
+        spec.usd_per_million,
     )
 
 
