@@ -42,7 +42,7 @@ from tests.helpers import gen_export, insert_import
 
 _REGISTERED = re.compile(r"registered as queue worker (\d+)")
 RESULTS = REPO / "bench" / "results" / "chaos-last-run.json"
-STAGES = ("download", "chunk", "extract", "reduce", "memory", "regenerate", "finalize")
+STAGES = ("download", "chunk", "extract", "reduce", "memory", "regenerate", "embed", "finalize")
 #: Environment variables of the test process that must not leak into workers.
 _SCRUB = ("DATABASE_URL", "TEST_DATABASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
 
@@ -289,9 +289,11 @@ def statuses(dsn: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
 def doing_jobs(dsn: str) -> list[dict[str, Any]]:
     return probe(
         dsn,
-        "select j.id, j.worker_id, j.task_name, j.queueing_lock, i.stage as import_stage"
+        "select j.id, j.worker_id, j.task_name, j.args ->> 'import_id' as import_id,"
+        " coalesce(j.args ->> 'stage', substr(j.task_name, 10)) as stage,"
+        " i.stage as import_stage"
         " from procrastinate_jobs j"
-        " left join public.imports i on i.id::text = j.queueing_lock"
+        " left join public.imports i on i.id::text = j.args ->> 'import_id'"
         " where j.status = 'doing'",
     )
 
@@ -414,12 +416,17 @@ def audit_extractions(
     import_of: dict[str, uuid.UUID] = {}
     index: dict[str, list[tuple[str, str]]] = {}
     for import_id in import_ids:
+        # Published chunks, or a pass's staged ones (a cancelled or failed pass publishes none).
         rows = query(
             dsn,
-            "select id::text as id, conversation_id, chunk_index, content"
-            " from public.conversation_chunks where import_id = %s"
+            "select distinct id::text as id, conversation_id, chunk_index, content from ("
+            " select id, conversation_id, chunk_index, content from public.conversation_chunks"
+            " where import_id = %s"
+            " union all"
+            " select id, conversation_id, chunk_index, content from public.import_chunks"
+            " where import_id = %s) c"
             " order by conversation_id, chunk_index",
-            (import_id,),
+            (import_id, import_id),
         )
         previous: dict[str, Any] | None = None
         for r in rows:
