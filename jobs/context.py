@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.outputs import Outputs
+from worker.embeddings import Embedder
 from worker.llm.base import LLMProvider
 from worker.options import Options
 from worker.settings import Settings
 from worker.store import (
     FinalWrite,
     ImportRow,
+    Page,
+    PageSource,
     PublishMemory,
     PublishPass,
     ReplaceChunks,
@@ -32,6 +35,8 @@ from worker.store import (
 __all__ = [
     "FinalWrite",
     "ImportRow",
+    "Page",
+    "PageSource",
     "PublishMemory",
     "PublishPass",
     "ReplaceChunks",
@@ -51,6 +56,8 @@ class StageContext:
     options: Options
     store: StageStore
     llm: LLMProvider
+    #: The embeddings provider (None: embeddings are off).
+    embedder: Embedder | None
     #: The outputs of the stages that have finished.
     outputs: Outputs
     #: Scratch directory of this import on this machine.

@@ -14,6 +14,11 @@ the batch ids in its checkpoint row and parks itself (re-checked every
 batches end, their results are checkpointed like online ones and whatever
 they did not answer is extracted online.
 
+A long work list is spread over the fleet (:mod:`jobs.fanout`): the stage
+splits it into pages, lanes on any worker extract them
+(:func:`extract_lane`, with the same checkpoints), and the stage runs again
+once they are all done, to sum up.
+
 Only the user's words are sent in full: assistant turns are cut to a short
 excerpt that gives the user's replies their context, and small chunks are
 packed together (each under its own conversation header) up to
@@ -33,9 +38,10 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.context import StageContext, StageResult
+from jobs.context import Page, PageSource, StageContext, StageResult
 from jobs.domain.facts import Facts, Item, sources_of, text_of, uncited
 from jobs.domain.transcript import condense_transcript, novel_part
+from jobs.fanout import fan_out
 from jobs.outputs import BatchState, ChunkOutput, ExtractOutput, Parked, Skipped
 from worker.errors import StaleJob, Transient
 from worker.llm.base import (
@@ -56,8 +62,8 @@ logger = logging.getLogger("fullpass.extract")
 #: was not cancelled or requeued meanwhile (its checkpoints are fenced anyway).
 PROGRESS_SECONDS = 1.0
 
-PAGE = 200  # chunk contents read per query
-FIRST_PAGE = 25
+READ = 200  # chunk contents read per query
+FIRST_READ = 25
 BATCH_SIZE = 10_000  # requests per Message Batch
 
 
@@ -93,14 +99,12 @@ async def extract(ctx: StageContext) -> StageResult:
             extra={"import_id": str(ctx.imp.id), "stage": ctx.stage},
         )
 
-    await _online(ctx, todo, state, total)
-    if state.transient_failures:
-        # Finished chunks are checkpointed; the stage's retry resumes with the rest.
-        raise Transient(
-            f"{state.transient_failures} of {len(todo)} chunks could not be extracted "
-            f"because the model service kept failing (last: {state.last_transient})",
-            retry_after=state.retry_after,
-        )
+    spread = fan_out(ctx, [ref.id for ref in todo], total)
+    if spread is not None:
+        return spread
+    await _online(ctx, _groups(ctx, todo, state), state, total)
+    state.raise_failures(len(todo))
+    state.add(await ctx.store.lanes_stats())
 
     summary = await ctx.store.facts_summary()
     return StageResult(
@@ -120,6 +124,22 @@ async def extract(ctx: StageContext) -> StageResult:
     )
 
 
+async def extract_lane(ctx: StageContext, pages: PageSource) -> None:
+    """A lane of a fanned-out map step: extract the pages it takes, as the stage would.
+
+    A page is done once each of its chunks is checkpointed; chunks the model
+    service kept failing leave their page open, and the lane is retried
+    (it takes its open pages back first).
+    """
+    state = _MapState()
+    tracker = _PageTracker(pages)
+    try:
+        await _online(ctx, _paged_groups(ctx, pages, state, tracker), state, None, tracker)
+    finally:
+        pages.stats.update(state.stats())
+    state.raise_failures(tracker.chunks)
+
+
 @dataclass(slots=True)
 class _MapState:
     completed: int = 0
@@ -129,6 +149,74 @@ class _MapState:
     transient_failures: int = 0
     last_transient: str = ""
     retry_after: float | None = None
+
+    def stats(self) -> dict[str, int]:
+        """What a lane keeps of its run."""
+        return {"calls": self.calls, "extracted": self.extracted, "skipped": self.skipped}
+
+    def add(self, lanes: dict[str, int]) -> None:
+        """What the stage's lanes did, added to this run's figures."""
+        self.calls += lanes.get("calls", 0)
+        self.extracted += lanes.get("extracted", 0)
+        self.skipped += lanes.get("skipped", 0)
+
+    def raise_failures(self, of: int) -> None:
+        if self.transient_failures:
+            # Finished chunks are checkpointed; the retry resumes with the rest.
+            raise Transient(
+                f"{self.transient_failures} of {of} chunks could not be extracted "
+                f"because the model service kept failing (last: {self.last_transient})",
+                retry_after=self.retry_after,
+            )
+
+
+class _PageTracker:
+    """Which pages of a lane have every chunk checkpointed (then marked done)."""
+
+    def __init__(self, pages: PageSource) -> None:
+        self.pages = pages
+        self.chunks = 0
+        self._open: dict[int, int] = {}  # page -> groups not yet checkpointed
+        self._closed: set[int] = set()  # pages whose groups were all handed out
+        self._failed: set[int] = set()
+
+    def opened(self, page: Page, chunks: int) -> None:
+        self._open[page.number] = 0
+        self.chunks += chunks
+
+    def grouped(self, page: Page) -> None:
+        self._open[page.number] += 1
+
+    async def closed(self, page: Page) -> None:
+        self._closed.add(page.number)
+        await self._maybe_done(page)
+
+    async def checkpointed(self, page: Page) -> None:
+        self._open[page.number] -= 1
+        await self._maybe_done(page)
+
+    def failed(self, page: Page) -> None:
+        self._open[page.number] -= 1
+        self._failed.add(page.number)
+
+    async def _maybe_done(self, page: Page) -> None:
+        n = page.number
+        if n in self._closed and self._open[n] == 0 and n not in self._failed:
+            del self._open[n]
+            await self.pages.done(page)
+
+
+async def _paged_groups(
+    ctx: StageContext, pages: PageSource, state: _MapState, tracker: _PageTracker
+) -> AsyncIterator[_Group]:
+    """The groups of every page the lane takes, one page after the other."""
+    while (page := await pages.next()) is not None:
+        todo = await ctx.store.extraction_todo(page.chunk_ids)
+        tracker.opened(page, len(todo))
+        async for group in _groups(ctx, todo, state, page):
+            tracker.grouped(page)
+            yield group
+        await tracker.closed(page)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,32 +235,34 @@ class _Group:
 
     members: tuple[_Member, ...]
     item: ExtractionInput
+    #: The page of a lane the group belongs to (None: the stage's own work list).
+    page: Page | None = None
 
 
-async def _pages(ctx: StageContext, todo: list[ChunkRef]) -> AsyncIterator[list[ChunkText]]:
-    """The work list's chunk contents, a page at a time (memory stays flat).
+async def _texts(ctx: StageContext, todo: list[ChunkRef]) -> AsyncIterator[list[ChunkText]]:
+    """The work list's chunk contents, a slice at a time (memory stays flat).
 
-    Pages start small and double up to ``PAGE``: the first call goes out
+    Slices start small and double up to ``READ``: the first call goes out
     without waiting for megabytes of chunks to arrive.
     """
-    start, size = 0, FIRST_PAGE
+    start, size = 0, FIRST_READ
     while start < len(todo):
         ids = [ref.id for ref in todo[start : start + size]]
-        start, size = start + size, min(size * 2, PAGE)
+        start, size = start + size, min(size * 2, READ)
         yield await ctx.store.chunk_texts(ids)
 
 
 async def _groups(
-    ctx: StageContext, todo: list[ChunkRef], state: _MapState
+    ctx: StageContext, todo: list[ChunkRef], state: _MapState, page: Page | None = None
 ) -> AsyncIterator[_Group]:
     """Condensed chunks packed into calls; chunks without user text are checkpointed empty."""
     budget = ctx.options.pack_tokens * 4
     pending: list[tuple[ChunkText, str]] = []
     size = 0
     previous: ChunkText | None = None
-    async for page in _pages(ctx, todo):
+    async for texts in _texts(ctx, todo):
         empty: list[FactsRow] = []
-        for item in page:
+        for item in texts:
             text = item.content
             if previous is not None and item.follows(previous):
                 text = novel_part(previous.content, text)
@@ -182,7 +272,7 @@ async def _groups(
                 empty.append(FactsRow(item.id, item.content_hash, Facts()))
                 continue
             if pending and size + len(transcript) > budget:
-                yield _group(pending)
+                yield _group(pending, page)
                 pending, size = [], 0
             pending.append((item, transcript))
             size += len(transcript)
@@ -192,17 +282,17 @@ async def _groups(
             state.skipped += len(empty)
             state.completed += len(empty)
     if pending:
-        yield _group(pending)
+        yield _group(pending, page)
 
 
-def _group(items: list[tuple[ChunkText, str]]) -> _Group:
+def _group(items: list[tuple[ChunkText, str]], page: Page | None = None) -> _Group:
     members = tuple(
         _Member(t.id, t.content_hash, _header(t, pack_id(i)), transcript, t.saved)
         for i, (t, transcript) in enumerate(items)
     )
     first = items[0][0]
     if len(items) == 1:
-        return _Group(members, _input(first, items[0][1]))
+        return _Group(members, _input(first, items[0][1]), page)
     packed = "\n\n".join(f"{m.header}\n{m.transcript}" for m in members)
     item = ExtractionInput(
         chunk_id=first.id,
@@ -211,7 +301,7 @@ def _group(items: list[tuple[ChunkText, str]]) -> _Group:
         transcript=packed,
         conversation_date=None,
     )
-    return _Group(members, item)
+    return _Group(members, item, page)
 
 
 def pack_id(index: int) -> str:
@@ -235,8 +325,14 @@ def _input(item: ChunkText, transcript: str) -> ExtractionInput:
     )
 
 
-async def _online(ctx: StageContext, todo: list[ChunkRef], state: _MapState, total: int) -> None:
-    """Extract ``todo`` with at most ``concurrency`` calls in flight, checkpointing each.
+async def _online(
+    ctx: StageContext,
+    groups: AsyncIterator[_Group],
+    state: _MapState,
+    total: int | None,
+    tracker: _PageTracker | None = None,
+) -> None:
+    """Extract ``groups`` with at most ``concurrency`` calls in flight, checkpointing each.
 
     When the job loses the stage (requeued, cancelled, or handed to another
     worker after this one stalled), no new call starts, but the calls already
@@ -250,18 +346,20 @@ async def _online(ctx: StageContext, todo: list[ChunkRef], state: _MapState, tot
 
     async def produce() -> None:
         try:
-            async for group in _groups(ctx, todo, state):
+            async for group in groups:
                 await queue.put(group)
         except StaleJob:
             stale.set()
         for _ in range(limit):
             await queue.put(None)
 
-    async def finish(write: Coroutine[Any, Any, None], n: int) -> None:
+    async def finish(write: Coroutine[Any, Any, None], group: _Group) -> None:
         nonlocal checked
         try:
             await write
-            state.completed += n
+            state.completed += len(group.members)
+            if tracker is not None and group.page is not None:
+                await tracker.checkpointed(group.page)
             if time.monotonic() - checked >= PROGRESS_SECONDS:
                 checked = time.monotonic()
                 await ctx.store.ensure_current()
@@ -276,9 +374,11 @@ async def _online(ctx: StageContext, todo: list[ChunkRef], state: _MapState, tot
             except StaleJob:
                 stale.set()
                 return
+            if write is None and tracker is not None and group.page is not None:
+                tracker.failed(group.page)
             if write is not None:
                 # The checkpoint commits in the background: the call slot is free at once.
-                pending = finish(write, len(group.members))
+                pending = finish(write, group)
                 try:
                     tasks.create_task(pending)
                 except RuntimeError:

@@ -43,6 +43,17 @@ class Skipped(StageOutput):
     skipped: str
 
 
+class FannedOut(StageOutput):
+    """A stage spread over lanes: kept while they run (the stage then runs again)."""
+
+    stage: ClassVar[str] = ""
+    pages: int
+    lanes: int
+    #: Chunks already done when it fanned out, and in all.
+    done: int
+    total: int
+
+
 class DownloadOutput(StageOutput):
     """Where the export landed on the machine that downloaded it (and how to check it)."""
 
@@ -117,6 +128,20 @@ class ReduceOutput(StageOutput):
 
     def import_counts(self) -> dict[str, int]:
         return {"fact_count": self.fact_count}
+
+
+class EmbedOutput(StageOutput):
+    stage: ClassVar[str] = "embed"
+    provider: str
+    model: str
+    dimension: int
+    chunks: int
+    #: Chunks embedded by this pass (the others had an embedding of the model).
+    embedded_now: int
+    calls: int
+    tokens: int
+    #: At the model's list price (None: no price known).
+    cost_usd: float | None = None
 
 
 class MemoryOutput(StageOutput):

@@ -15,7 +15,7 @@ from tests.gen_export import Options, write_export
 from worker import runner
 from worker.service import run_worker
 from worker.settings import Settings
-from worker.stages import STAGES
+from worker.stages import LANE_TASK, STAGES
 
 SAMPLE = REPO / "worker" / "samples" / "sample-export.zip"
 
@@ -91,7 +91,7 @@ def jobs_of(dsn: str, import_id: uuid.UUID) -> list[dict[str, Any]]:
     return query(
         dsn,
         "select id, task_name, status, args, attempts from procrastinate_jobs"
-        " where queueing_lock = %s order by id",
+        " where args ->> 'import_id' = %s order by id",
         (str(import_id),),
     )
 
@@ -142,25 +142,41 @@ async def wait_status(
 async def drive(
     deps: runner.Deps, dsn: str, import_id: uuid.UUID, *, until: str | None = None
 ) -> None:
-    """Run the import's queued jobs one by one in this process, the way a worker would."""
+    """Run the import's queued jobs one by one in this process, the way a worker would.
+
+    ``until``: jobs of stages after it (in ``STAGES`` order) are left queued.
+    """
+
+    def stage_of(job: dict[str, Any]) -> str:
+        if job["task_name"] == LANE_TASK:
+            return str(job["args"]["stage"])
+        return str(job["task_name"]).removeprefix("fullpass.")
+
     while True:
-        jobs = query(
+        queued = query(
             dsn,
-            "update procrastinate_jobs set status = 'doing' where id = ("
-            " select id from procrastinate_jobs where queueing_lock = %s and status = 'todo'"
-            " and (scheduled_at is null or scheduled_at <= now())"
-            " order by id limit 1) returning id, task_name, args",
+            "select id, task_name, args from procrastinate_jobs where args ->> 'import_id' = %s"
+            " and status = 'todo' and (scheduled_at is null or scheduled_at <= now())"
+            " order by priority desc, id",
             (str(import_id),),
         )
-        if not jobs:
+        allowed = [
+            j for j in queued if until is None or STAGES.index(stage_of(j)) <= STAGES.index(until)
+        ]
+        if not allowed:
             return
-        job = jobs[0]
-        stage = job["task_name"].removeprefix("fullpass.")
-        if until is not None and STAGES.index(stage) > STAGES.index(until):
-            query(dsn, "update procrastinate_jobs set status = 'todo' where id = %s", (job["id"],))
-            return
+        job = allowed[0]
+        query(dsn, "update procrastinate_jobs set status = 'doing' where id = %s", (job["id"],))
+        args = job["args"]
+        lane = job["task_name"] == LANE_TASK
+        stage = stage_of(job)
         try:
-            await runner.run_stage(deps, stage, import_id, job["args"]["generation"])
+            if lane:
+                await runner.run_lane(
+                    deps, stage, import_id, args["generation"], args["lane"], job_id=job["id"]
+                )
+            else:
+                await runner.run_stage(deps, stage, import_id, args["generation"], job_id=job["id"])
         except runner.StageRetry as retry:
             query(
                 dsn,

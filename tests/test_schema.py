@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import USER_A, USER_B, query
 from tests.helpers import import_row, insert_import, jobs_of, progress_row, stage_rows
 from worker import migrate
-from worker.stages import STAGES, task_name
+from worker.stages import AFTER, STAGES, task_name
 
 PATH_A = f"user-imports/{USER_A}/export.zip"
 
@@ -17,6 +17,11 @@ def test_sql_and_python_agree_on_the_stages(db_dsn: str) -> None:
     rows = query(db_dsn, "select stage, weight from public.fullpass_stages() order by position")
     assert tuple(r["stage"] for r in rows) == STAGES
     assert sum(r["weight"] for r in rows) == 100
+    edges = query(db_dsn, "select stage, after from public.fullpass_stage_after()")
+    assert {(r["stage"], r["after"]) for r in edges} == {
+        (stage, after) for stage, afters in AFTER.items() for after in afters
+    }
+    assert set(AFTER) == set(STAGES)
 
 
 def test_insert_defers_exactly_one_job_in_the_same_transaction(db_dsn: str) -> None:

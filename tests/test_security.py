@@ -37,6 +37,7 @@ from worker.llm.base import ExtractionInput, LLMResult, ModelUnavailable, Unusab
 from worker.llm.offline import OfflineProvider
 from worker.logs import setup_logging
 from worker.settings import Settings
+from worker.stages import STAGES
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -162,7 +163,7 @@ def test_authenticated_reads_only_their_own_rows(db_dsn: str, legacy: bool) -> N
             for table in USER_TABLES:
                 expected = str(imports[me]) if table == "import_stages" else str(me)
                 assert visible(conn, table) == {expected}, table
-            assert len(conn.execute("select * from public.import_stages").fetchall()) == 7
+            assert len(conn.execute("select * from public.import_stages").fetchall()) == len(STAGES)
             progress = conn.execute("select import_id, progress from import_progress").fetchall()
             assert [r["import_id"] for r in progress] == [imports[me]]
             other = imports[USER_B if me == USER_A else USER_A]
@@ -187,7 +188,7 @@ def test_authenticated_insert_defers_the_job_through_the_trigger(db_dsn: str) ->
             (USER_A, PATH_A),
         ).fetchone()
         assert row is not None and (row["status"], row["stage"]) == ("pending", "download")
-        assert len(conn.execute("select * from import_stages").fetchall()) == 7
+        assert len(conn.execute("select * from import_stages").fetchall()) == len(STAGES)
         denied(conn, "select * from procrastinate_jobs")
         conn.commit()
     jobs = query(db_dsn, "select task_name, status, queueing_lock, args from procrastinate_jobs")
@@ -314,6 +315,7 @@ SERVER_COLUMNS: dict[str, Any] = {
     "spent_input_tokens": 0,
     "spent_output_tokens": 0,
     "repairs": 0,
+    "embedding_tokens": 0,
 }
 
 

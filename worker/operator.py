@@ -162,6 +162,7 @@ async def snapshot(
 
 _STATUS_STYLE = {
     "pending": "dim",
+    "queued": "dim",
     "running": "cyan",
     "processing": "cyan",
     "done": "green",
@@ -178,7 +179,7 @@ def import_panel(progress: dict[str, Any], stages: list[dict[str, Any]]) -> Grou
     head = Table.grid(padding=(0, 1))
     head.add_row(
         f"[bold]{progress['import_id']}[/]",
-        f"[{_STATUS_STYLE.get(status, '')}]{status}[/]",
+        f"[{_STATUS_STYLE.get(status, 'default')}]{status}[/]",
         f"stage {progress['stage_index'] or '-'}/{progress['stage_count']} {progress['stage']}",
         f"{pct:5.1f}%",
         f"eta {progress['eta']:%H:%M:%S}" if progress["eta"] else "",
@@ -195,7 +196,7 @@ def import_panel(progress: dict[str, Any], stages: list[dict[str, Any]]) -> Grou
         )
         table.add_row(
             s["stage"],
-            f"[{_STATUS_STYLE.get(s['status'], '')}]{s['status']}[/]",
+            f"[{_STATUS_STYLE.get(s['status'], 'default')}]{s['status']}[/]",
             items,
             str(s["attempts"]),
             f"{s['input_tokens']}/{s['output_tokens']}",
@@ -216,7 +217,7 @@ def imports_table(rows: list[dict[str, Any]]) -> Table:
         table.add_row(
             str(r["import_id"]),
             str(r["user_id"])[:8],
-            f"[{_STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]",
+            f"[{_STATUS_STYLE.get(r['status'], 'default')}]{r['status']}[/]",
             r["stage"] or "",
             f"{float(r['progress'] or 0):5.1f}%",
             f"{r['input_tokens']}/{r['output_tokens']}",

@@ -74,6 +74,18 @@ class Options(BaseModel):
     message_chars: int = Field(
         default=5000, ge=200, le=200_000, description="characters of a message kept in chunks"
     )
+    fanout: int = Field(
+        default=6,
+        ge=1,
+        le=64,
+        description="workers a long map step or embedding may be spread over (1: one worker)",
+    )
+    page_chunks: int = Field(
+        default=300,
+        ge=10,
+        le=100_000,
+        description="chunks in one page of a spread work list (a longer list is spread)",
+    )
     chunk_tiers: tuple[Tier, ...] = Field(
         default=("medium",),
         min_length=1,

@@ -29,13 +29,20 @@ WITH imp AS (
        SET status = 'running', attempts = s.attempts + 1, error = NULL, lease = gen_random_uuid(),
            started_at = coalesce(s.started_at, now()), finished_at = NULL, updated_at = now()
       FROM imp
-     WHERE s.import_id = imp.id AND s.stage = %(stage)s AND s.status <> 'done'
+     WHERE s.import_id = imp.id AND s.stage = %(stage)s AND s.status NOT IN ('done', 'skipped')
     RETURNING s.attempts, s.lease
+), shown AS (
+    -- The import shows its first unfinished stage (another may run beside it).
+    SELECT s.stage FROM public.import_stages s, imp
+     WHERE s.import_id = imp.id AND s.status NOT IN ('done', 'skipped')
+     ORDER BY s.position LIMIT 1
 ), upd AS (
     UPDATE public.imports i
-       SET status = 'processing', stage = %(stage)s, attempts = st.attempts, error = NULL,
-           started_at = coalesce(i.started_at, now()), updated_at = now()
-      FROM st
+       SET status = 'processing', stage = coalesce(shown.stage, %(stage)s),
+           attempts = CASE WHEN coalesce(shown.stage, %(stage)s) = %(stage)s
+                           THEN st.attempts ELSE i.attempts END,
+           error = NULL, started_at = coalesce(i.started_at, now()), updated_at = now()
+      FROM st LEFT JOIN shown ON true
      WHERE i.id = %(import_id)s
     RETURNING i.id
 )
@@ -80,22 +87,17 @@ SELECT stage, output FROM public.import_stages
  WHERE import_id = %(import_id)s AND status IN ('done', 'skipped')
 """
 
-#: Locks the import for the final write of a stage and says whether the job
-#: still holds it: same generation, still processing, and the stage's lease.
-LOCK_CURRENT: LiteralString = """
-SELECT i.id FROM public.imports i
-  JOIN public.import_stages s ON s.import_id = i.id AND s.stage = %(stage)s
- WHERE i.id = %(import_id)s AND i.generation = %(generation)s AND i.status = 'processing'
-   AND s.lease = %(lease)s
-   FOR NO KEY UPDATE OF i
+#: Locks the import for the final write of a stage (then IS_CURRENT says
+#: whether the job still holds the stage, seeing whatever committed before the lock).
+LOCK_IMPORT: LiteralString = """
+SELECT id FROM public.imports WHERE id = %(import_id)s FOR NO KEY UPDATE
 """
 
-#: Whether the job still holds the stage (asked before every model call).
+#: Whether the job still holds the stage: same generation, still processing,
+#: and the lease of the stage's claim or of one of its lanes (asked before
+#: every model call, and under LOCK_IMPORT before a stage's final write).
 IS_CURRENT: LiteralString = """
-SELECT 1 FROM public.imports i
-  JOIN public.import_stages s ON s.import_id = i.id AND s.stage = %(stage)s
- WHERE i.id = %(import_id)s AND i.generation = %(generation)s AND i.status = 'processing'
-   AND s.lease = %(lease)s
+SELECT public.fullpass_holds(%(import_id)s, %(generation)s, %(stage)s, %(lease)s) AS current
 """
 
 FINISH_STAGE: LiteralString = """
@@ -115,19 +117,15 @@ UPDATE public.import_stages s
  WHERE s.import_id = %(import_id)s AND s.stage = r.stage AND s.status NOT IN ('done', 'running')
 """
 
-#: The first stage after ``stage`` still to run (none: the import is complete).
-NEXT_STAGE: LiteralString = """
-SELECT s.stage FROM public.import_stages s
- WHERE s.import_id = %(import_id)s AND s.status NOT IN ('done', 'skipped')
-   AND s.position > (SELECT position FROM public.import_stages
-                      WHERE import_id = %(import_id)s AND stage = %(stage)s)
- ORDER BY s.position LIMIT 1
+#: After a stage finished: queues the stages it made ready and completes the
+#: import when nothing is left; the import's stage now (NULL: complete).
+ADVANCE_IMPORT: LiteralString = """
+SELECT public.fullpass_advance(%(import_id)s, %(generation)s) AS stage
 """
 
-ADVANCE_IMPORT: LiteralString = """
+SET_COUNTS: LiteralString = """
 UPDATE public.imports
-   SET stage = %(next_stage)s, attempts = 0, updated_at = now(),
-       conversation_count = coalesce(%(conversation_count)s, conversation_count),
+   SET conversation_count = coalesce(%(conversation_count)s, conversation_count),
        chunk_count = coalesce(%(chunk_count)s, chunk_count),
        fact_count = coalesce(%(fact_count)s, fact_count)
  WHERE id = %(import_id)s
@@ -154,17 +152,9 @@ RUNNING_OUTPUT: LiteralString = """
 SELECT output FROM public.import_stages WHERE import_id = %(import_id)s AND stage = %(stage)s
 """
 
-COMPLETE_IMPORT: LiteralString = """
-UPDATE public.imports
-   SET status = 'complete', completed_at = now(), updated_at = now(), error = NULL,
-       conversation_count = coalesce(%(conversation_count)s, conversation_count),
-       chunk_count = coalesce(%(chunk_count)s, chunk_count),
-       fact_count = coalesce(%(fact_count)s, fact_count)
- WHERE id = %(import_id)s
-"""
-
-#: Records a failed attempt of the job holding the stage's lease; ``final``
-#: also fails the import.
+#: Records a failed attempt of the job holding the stage (``lane``: of one of
+#: its lanes, the stage stays running); ``final`` also fails the import, and
+#: stops the import's other jobs (its other lanes, a stage beside it).
 FAIL_STAGE: LiteralString = """
 WITH imp AS (
     SELECT id FROM public.imports
@@ -173,11 +163,13 @@ WITH imp AS (
      FOR NO KEY UPDATE
 ), st AS (
     UPDATE public.import_stages s
-       SET status = CASE WHEN %(final)s THEN 'failed' ELSE 'pending' END,
+       SET status = CASE WHEN %(final)s THEN 'failed'
+                         WHEN %(lane)s THEN s.status ELSE 'queued' END,
            error = %(error)s, updated_at = now(),
            finished_at = CASE WHEN %(final)s THEN now() END
       FROM imp
-     WHERE s.import_id = imp.id AND s.stage = %(stage)s AND s.lease = %(lease)s
+     WHERE s.import_id = imp.id AND s.stage = %(stage)s
+       AND public.fullpass_holds(%(import_id)s, %(generation)s, %(stage)s, %(lease)s)
     RETURNING s.stage
 )
 UPDATE public.imports i
@@ -189,6 +181,152 @@ UPDATE public.imports i
 RETURNING i.user_id
 """
 
+#: The import's other jobs, once it failed: queued ones are cancelled and
+#: running ones asked to abort (the job recording the failure is left alone).
+STOP_OTHER_JOBS: LiteralString = """
+SELECT count(public.procrastinate_cancel_job_v1(j.id, j.status = 'doing', false)) AS stopped
+  FROM public.procrastinate_jobs j
+ WHERE j.args ->> 'import_id' = %(import_id)s::text AND j.status IN ('todo', 'doing')
+   AND j.id IS DISTINCT FROM %(job_id)s::bigint
+"""
+
+# --- fanned-out stages ------------------------------------------------------
+# A stage with a long work list splits it into pages and queues lanes; a lane
+# takes pages until none is left; the last lane out queues the stage again.
+
+#: The stage's pages (its work list split), replacing any left by an earlier plan.
+DELETE_PAGES: LiteralString = """
+WITH p AS (
+    DELETE FROM public.import_pages WHERE import_id = %(import_id)s AND stage = %(stage)s
+)
+DELETE FROM public.import_lanes WHERE import_id = %(import_id)s AND stage = %(stage)s
+"""
+
+INSERT_PAGES: LiteralString = """
+INSERT INTO public.import_pages (import_id, stage, page, chunk_ids)
+SELECT %(import_id)s, %(stage)s, p.ordinality::int,
+       ARRAY(SELECT jsonb_array_elements_text(p.ids))::uuid[]
+  FROM jsonb_array_elements(%(pages)s::jsonb) WITH ORDINALITY AS p(ids, ordinality)
+"""
+
+INSERT_LANES: LiteralString = """
+INSERT INTO public.import_lanes (import_id, stage, lane)
+SELECT %(import_id)s, %(stage)s, n FROM generate_series(1, %(lanes)s) AS n
+"""
+
+#: A fanned-out stage waits for its lanes: it keeps its output (the plan),
+#: gives its attempt back, and counts what is left to do.
+FANNED_OUT: LiteralString = """
+UPDATE public.import_stages
+   SET output = %(output)s, attempts = greatest(attempts - 1, 0), updated_at = now(),
+       items_total = %(total)s, items_done = %(done)s
+ WHERE import_id = %(import_id)s AND stage = %(stage)s
+"""
+
+DEFER_LANES: LiteralString = """
+SELECT public.fullpass_defer_lanes(%(import_id)s, %(stage)s, %(generation)s, %(lanes)s) AS jobs
+"""
+
+#: A run of a lane's job: a new lease for the lane, while its stage runs
+#: fanned out at the job's generation. Returns the import row and the lease.
+CLAIM_LANE: LiteralString = """
+WITH imp AS (
+    SELECT i.* FROM public.imports i
+      JOIN public.import_stages s ON s.import_id = i.id AND s.stage = %(stage)s
+     WHERE i.id = %(import_id)s AND i.generation = %(generation)s AND i.status = 'processing'
+       AND s.status = 'running'
+), lane AS (
+    UPDATE public.import_lanes l
+       SET lease = gen_random_uuid(), attempts = l.attempts + 1,
+           started_at = coalesce(l.started_at, now()), finished_at = NULL, updated_at = now()
+      FROM imp
+     WHERE l.import_id = imp.id AND l.stage = %(stage)s AND l.lane = %(lane)s
+       AND l.finished_at IS NULL
+    RETURNING l.lease, l.attempts
+)
+SELECT imp.id, imp.user_id, imp.storage_path, imp.source, imp.options, imp.generation,
+       imp.status, lane.attempts, lane.lease
+  FROM imp, lane
+"""
+
+#: The lane's next page: one nobody has, or one an earlier run of this lane
+#: held when it stopped. Counts an attempt of the page.
+NEXT_PAGE: LiteralString = """
+WITH next AS (
+    SELECT p.page FROM public.import_pages p
+     WHERE p.import_id = %(import_id)s AND p.stage = %(stage)s
+       AND (p.status = 'pending'
+            OR (p.status = 'running' AND p.lane = %(lane)s AND p.lease <> %(lease)s))
+       AND public.fullpass_holds(%(import_id)s, %(generation)s, %(stage)s, %(lease)s)
+     ORDER BY (p.status = 'running') DESC, p.page
+     LIMIT 1
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE public.import_pages p
+   SET status = 'running', lane = %(lane)s, lease = %(lease)s, attempts = p.attempts + 1,
+       started_at = coalesce(p.started_at, now()), updated_at = now()
+  FROM next
+ WHERE p.import_id = %(import_id)s AND p.stage = %(stage)s AND p.page = next.page
+RETURNING p.page, p.chunk_ids::text[] AS chunk_ids, p.attempts
+"""
+
+PAGE_DONE: LiteralString = """
+WITH page AS (
+    UPDATE public.import_pages
+       SET status = 'done', finished_at = now(), updated_at = now()
+     WHERE import_id = %(import_id)s AND stage = %(stage)s AND page = %(page)s
+       AND lease = %(lease)s AND status = 'running'
+       AND public.fullpass_holds(%(import_id)s, %(generation)s, %(stage)s, %(lease)s)
+    RETURNING 1
+)
+UPDATE public.import_lanes
+   SET pages_done = pages_done + 1, updated_at = now()
+ WHERE import_id = %(import_id)s AND stage = %(stage)s AND lane = %(lane)s
+   AND EXISTS (SELECT 1 FROM page)
+RETURNING 1
+"""
+
+#: What a run of a lane did, added to the lane's record (under LOCK_IMPORT).
+LANE_STATS: LiteralString = """
+UPDATE public.import_lanes l
+   SET stats = (SELECT coalesce(jsonb_object_agg(x.k, x.v), '{}'::jsonb)
+                  FROM (SELECT n.k, sum(n.v::bigint) AS v
+                          FROM (SELECT * FROM jsonb_each_text(l.stats)
+                                UNION ALL
+                                SELECT * FROM jsonb_each_text(%(stats)s::jsonb)) AS n(k, v)
+                         GROUP BY n.k) x),
+       finished_at = CASE WHEN %(finished)s THEN now() END, updated_at = now()
+ WHERE l.import_id = %(import_id)s AND l.stage = %(stage)s AND l.lane = %(lane)s
+   AND l.lease = %(lease)s
+"""
+
+#: Pages of the stage not done yet (under LOCK_IMPORT, by the lane finishing).
+OPEN_PAGES: LiteralString = """
+SELECT count(*) AS n FROM public.import_pages
+ WHERE import_id = %(import_id)s AND stage = %(stage)s AND status <> 'done'
+"""
+
+#: The last lane out queues the stage's job again: it finds the work done and
+#: finishes the stage.
+REQUEUE_FANNED_OUT: LiteralString = """
+WITH st AS (
+    UPDATE public.import_stages
+       SET status = 'queued', updated_at = now()
+     WHERE import_id = %(import_id)s AND stage = %(stage)s AND status = 'running'
+    RETURNING 1
+)
+SELECT public.fullpass_defer(%(import_id)s, %(stage)s, %(generation)s) AS job_id
+  FROM st
+"""
+
+#: What the stage's lanes did, summed (read by the stage when it finishes).
+LANES_STATS: LiteralString = """
+SELECT n.k AS key, sum(n.v::bigint) AS value
+  FROM public.import_lanes l, jsonb_each_text(l.stats) AS n(k, v)
+ WHERE l.import_id = %(import_id)s AND l.stage = %(stage)s
+ GROUP BY n.k
+"""
+
 # --- progress and accounting ---------------------------------------------
 
 SET_PROGRESS: LiteralString = """
@@ -198,14 +336,20 @@ UPDATE public.import_stages
    AND lease = %(lease)s
 """
 
+#: A lane's progress: what it finished since it last reported.
+ADD_PROGRESS: LiteralString = """
+UPDATE public.import_stages
+   SET items_done = items_done + %(done)s, updated_at = now()
+ WHERE import_id = %(import_id)s AND stage = %(stage)s AND status = 'running'
+   AND public.fullpass_holds(%(import_id)s, %(generation)s, %(stage)s, %(lease)s)
+"""
+
 #: Tokens a call cost. Booked on the stage and the generation only while the
 #: job holds the stage; the import's whole spend counts them whatever happens.
 ADD_USAGE: LiteralString = """
 WITH cur AS (
-    SELECT s.import_id FROM public.import_stages s
-      JOIN public.imports i ON i.id = s.import_id
-     WHERE s.import_id = %(import_id)s AND s.stage = %(stage)s AND s.lease = %(lease)s
-       AND i.generation = %(generation)s AND i.status = 'processing'
+    SELECT %(import_id)s::uuid AS import_id
+     WHERE public.fullpass_holds(%(import_id)s, %(generation)s, %(stage)s, %(lease)s)
 ), st AS (
     UPDATE public.import_stages s
        SET input_tokens = s.input_tokens + %(input_tokens)s,
@@ -268,6 +412,18 @@ SELECT c.id::text AS id, c.conversation_id, c.chunk_index, coalesce(c.title, '')
  WHERE c.import_id = %(import_id)s AND c.id = ANY(%(ids)s::uuid[])
 """
 
+#: A page's share of the map step's work list: its chunks without a current
+#: checkpoint, in the page's order.
+EXTRACTION_TODO: LiteralString = """
+SELECT c.id::text AS id, c.content_hash
+  FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS p(id, n)
+  JOIN public.import_chunks c ON c.import_id = %(import_id)s AND c.id = p.id
+ WHERE NOT EXISTS (SELECT 1 FROM public.chunk_facts f
+                    WHERE f.import_id = c.import_id AND f.chunk_id = c.id
+                      AND f.content_hash = c.content_hash)
+ ORDER BY p.n
+"""
+
 EXTRACTED_CHUNKS: LiteralString = """
 SELECT chunk_id::text AS chunk_id, content_hash FROM public.chunk_facts
  WHERE import_id = %(import_id)s
@@ -282,9 +438,8 @@ SELECT chunk_id::text AS chunk_id, content_hash FROM public.chunk_facts
 CHECKPOINT_CHUNK_FACTS: LiteralString = """
 WITH current AS (
     SELECT i.id, i.user_id FROM public.imports i
-      JOIN public.import_stages s ON s.import_id = i.id AND s.stage = %(stage)s
-     WHERE i.id = %(import_id)s AND i.generation = %(generation)s AND i.status = 'processing'
-       AND s.lease = %(lease)s
+     WHERE i.id = %(import_id)s
+       AND public.fullpass_holds(%(import_id)s, %(generation)s, %(stage)s, %(lease)s)
 ), written AS (
     INSERT INTO public.chunk_facts (import_id, chunk_id, user_id, content_hash, facts, fact_count,
                                     model, input_tokens, output_tokens, cache_read_tokens, error)
@@ -372,6 +527,61 @@ SELECT conversation_id, chunk_index, content FROM public.import_chunks
  WHERE import_id = %(import_id)s AND chunk_tier = %(tier)s
    AND conversation_id = ANY(%(conversation_ids)s)
  ORDER BY conversation_id, chunk_index
+"""
+
+# --- embeddings -----------------------------------------------------------
+
+#: Whether staged chunks have an embedding column (pgvector is installed).
+STAGED_EMBEDDING_COLUMN: LiteralString = """
+SELECT 1 FROM pg_attribute
+ WHERE attrelid = 'public.import_chunks'::regclass AND attname = 'embedding'
+   AND NOT attisdropped
+"""
+
+#: The embed stage's work list: every staged chunk, and whether it still needs
+#: an embedding of the model (none yet, or one of another model).
+EMBEDDING_WORK: LiteralString = """
+SELECT c.id::text AS id,
+       (c.embedding IS NULL OR c.embedding_model IS DISTINCT FROM %(model)s) AS todo
+  FROM public.import_chunks c
+ WHERE c.import_id = %(import_id)s
+ ORDER BY c.created_at NULLS LAST, c.conversation_id, c.chunk_tier, c.chunk_index
+"""
+
+EMBEDDING_TODO: LiteralString = """
+SELECT c.id::text AS id
+  FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS p(id, n)
+  JOIN public.import_chunks c ON c.import_id = %(import_id)s AND c.id = p.id
+ WHERE c.embedding IS NULL OR c.embedding_model IS DISTINCT FROM %(model)s
+ ORDER BY p.n
+"""
+
+#: What is embedded of a chunk: its conversation's title and its text.
+EMBEDDING_TEXTS: LiteralString = """
+SELECT c.id::text AS id,
+       CASE WHEN coalesce(c.title, '') = '' THEN c.content
+            ELSE c.title || E'\n\n' || c.content END AS text
+  FROM public.import_chunks c
+ WHERE c.import_id = %(import_id)s AND c.id = ANY(%(ids)s::uuid[])
+"""
+
+#: One batch's vectors (pgvector's text form) and tokens, fenced like every checkpoint.
+STORE_EMBEDDINGS: LiteralString = """
+SELECT public.fullpass_store_embeddings(
+    %(import_id)s, %(generation)s, %(stage)s, %(lease)s,
+    %(ids)s::uuid[], %(vectors)s::text[], %(model)s, %(tokens)s) AS current
+"""
+
+SET_EMBEDDING_STATUS: LiteralString = """
+SELECT public.fullpass_embedding_status(i.user_id, %(status)s)
+  FROM public.imports i WHERE i.id = %(import_id)s
+"""
+
+#: A published pass whose chunks were embedded: the user's embeddings are complete.
+EMBEDDINGS_PUBLISHED: LiteralString = """
+SELECT public.fullpass_embedding_status(%(user_id)s, 'complete')
+  FROM public.import_stages
+ WHERE import_id = %(import_id)s AND stage = 'embed' AND status = 'done'
 """
 
 # --- finalize -------------------------------------------------------------
@@ -568,6 +778,13 @@ SELECT id, status, stage, updated_at FROM public.imports
 """
 
 # --- the queue -------------------------------------------------------------
+
+#: procrastinate's fetch, with fullpass's rule on lanes (migration 0009).
+FETCH_JOB: LiteralString = """
+SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,
+       attempts, worker_id
+  FROM public.fullpass_fetch_job(%(queues)s::varchar[], %(worker_id)s)
+"""
 
 #: procrastinate's heartbeat, sent on the worker's own connection. Its
 #: versioned function name changes between procrastinate releases: follow it

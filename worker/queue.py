@@ -20,6 +20,11 @@ here, each override for a reason procrastinate's worker gets wrong for us:
 * ``_persist_job_status``: writing a job's end is retried through an outage,
   and skipped when the row says another worker runs the job now (this one
   froze past the stalled timeout and its job was handed over).
+* ``JobManager.fetch_job`` (:class:`FullpassJobManager`): jobs are fetched by
+  ``public.fullpass_fetch_job``, procrastinate's fetch with one rule more: a
+  worker runs at most one lane of a fanned-out stage at a time, so that a
+  stage spread over lanes runs on as many workers as it has lanes. It copies
+  ``procrastinate_fetch_job_v2``: follow it when the pinned version moves.
 
 The statements involved live in :mod:`worker.queries` ("the queue").
 """
@@ -31,6 +36,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import procrastinate
@@ -38,6 +44,7 @@ import psycopg
 from procrastinate import exceptions as pexc
 from procrastinate import job_context
 from procrastinate import jobs as pjobs
+from procrastinate import manager as pmanager
 from procrastinate import worker as pworker
 from procrastinate.manager import get_channel_for_queues
 from psycopg_pool import AsyncConnectionPool
@@ -51,6 +58,20 @@ logger = logging.getLogger("fullpass.worker")
 
 #: How long a fenced worker lets its jobs stop by themselves before cancelling them.
 FENCE_GRACE_SECONDS = 5.0
+
+
+class FullpassJobManager(pmanager.JobManager):
+    """procrastinate's job manager, fetching with ``public.fullpass_fetch_job``."""
+
+    async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> pjobs.Job | None:
+        row = await self.connector.execute_query_one_async(
+            query=queries.FETCH_JOB,
+            queues=list(queues) if queues is not None else None,
+            worker_id=worker_id,
+        )
+        if row["id"] is None:
+            return None
+        return pjobs.Job.from_row(row)
 
 
 def is_database_error(exc: BaseException) -> bool:

@@ -11,8 +11,14 @@ that decides what a failure means (:func:`decide`):
 2. **work**: the stage function runs (``jobs.*``) over its typed inputs and a
    store bound to the claim.
 3. **complete** (one transaction): the stage's final writes, the checkpoint
-   row ``done`` with its output, and the deferral of the next stage (or the
-   import's completion) commit together.
+   row ``done`` with its output, and the queueing of the stages it made
+   ready (or the import's completion) commit together.
+
+A stage with a long work list (``extract``, ``embed``) may instead **fan
+out**: it returns its work list split into pages, and lanes are queued
+(:func:`run_lane`); any worker runs a lane, a lane takes pages until none is
+left, checkpointing as the stage does under a lease of its own, and the last
+lane out queues the stage again, which then finds its work done and completes.
 
 A failure is recorded on the stage and the import: bad input and what only an
 operator can fix fail the import at once (and alert); anything else is retried
@@ -23,6 +29,7 @@ Finished stages are never touched, so a requeue resumes from the failed one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import time
@@ -33,9 +40,10 @@ from uuid import UUID
 import psycopg
 
 from jobs.context import StageContext, StageResult
-from jobs.outputs import Outputs, Parked
-from jobs.registry import STAGE_FUNCTIONS
+from jobs.outputs import FannedOut, Outputs, Parked
+from jobs.registry import LANE_FUNCTIONS, STAGE_FUNCTIONS
 from worker import notify
+from worker.embeddings import Embedder
 from worker.errors import BadInput, FullpassError, NeedsOperator, StaleJob
 from worker.llm.base import LLMProvider
 from worker.maintenance import workdir_for
@@ -67,6 +75,7 @@ class Deps:
     settings: Settings
     store: Store
     llm: LLMProvider
+    embedder: Embedder | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +99,9 @@ def decide(settings: Settings, exc: BaseException, attempt: int) -> Decision:
     )
 
 
-async def run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) -> None:
+async def run_stage(
+    deps: Deps, stage: str, import_id: UUID, generation: int, *, job_id: int | None = None
+) -> None:
     """Run ``stage`` of ``import_id`` for the job of ``generation`` (see module doc).
 
     The database may go away at any moment (a restart, a failover). When that
@@ -100,7 +111,7 @@ async def run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) ->
     the import on.
     """
     try:
-        await _run_stage(deps, stage, import_id, generation)
+        await _run_stage(deps, stage, import_id, generation, job_id)
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         message = error_text(exc)
         logger.warning(
@@ -112,7 +123,9 @@ async def run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) ->
         raise StageRetry(message, delay) from None
 
 
-async def _run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) -> None:
+async def _run_stage(
+    deps: Deps, stage: str, import_id: UUID, generation: int, job_id: int | None
+) -> None:
     try:
         claim = await deps.store.claim(import_id, generation, stage)
     except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -147,11 +160,18 @@ async def _run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) -
         logger.warning("stage interrupted (abort or shutdown)", extra=log_extra)
         raise
     except Exception as exc:
-        await _handle_failure(deps, claim, exc, log_extra)
+        await _handle_failure(deps, claim, exc, log_extra, job_id=job_id)
         return
     log_extra["duration_s"] = round(time.monotonic() - started, 3)
     if result.reschedule_in is not None:
         logger.info("stage parked; next check in %ss", result.reschedule_in, extra=log_extra)
+        return
+    if result.fan_out is not None:
+        output = result.final_output()
+        lanes = output.lanes if isinstance(output, FannedOut) else 1
+        logger.info(
+            "stage fanned out: %s pages over %s lanes", len(result.fan_out), lanes, extra=log_extra
+        )
         return
     logger.info("stage done", extra=log_extra)
     if result.after_commit is not None:
@@ -161,6 +181,68 @@ async def _run_stage(deps: Deps, stage: str, import_id: UUID, generation: int) -
             logger.warning("after-commit step failed: %s", error_text(exc), extra=log_extra)
     if following is None:  # the import is complete
         shutil.rmtree(workdir_for(deps.settings, import_id), ignore_errors=True)
+
+
+async def run_lane(
+    deps: Deps,
+    stage: str,
+    import_id: UUID,
+    generation: int,
+    lane: int,
+    *,
+    job_id: int | None = None,
+) -> None:
+    """Run ``lane`` of fanned-out ``stage``: take its pages until none is left.
+
+    Failures follow the stage's policy (:func:`decide`), counted by the
+    attempts of the pages the lane held: a transient one retries the lane
+    (it takes back its pages first), a final one fails the import.
+    """
+    log_extra: dict[str, Any] = {
+        "import_id": str(import_id),
+        "stage": stage,
+        "lane": lane,
+        "generation": generation,
+    }
+    try:
+        claim = await deps.store.claim_lane(import_id, generation, stage, lane)
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise StageRetry(error_text(exc), max(1.0, deps.settings.retry_base_seconds)) from None
+    if claim is None:
+        logger.info(
+            "lane not needed: the stage is finished, requeued or cancelled", extra=log_extra
+        )
+        return
+    log_extra["attempt"] = claim.attempt
+    pages = deps.store.pages(claim)
+    started = time.monotonic()
+    logger.info("lane started", extra=log_extra)
+    try:
+        ctx = await _context(deps, claim)
+        await LANE_FUNCTIONS[stage](ctx, pages)
+        last = await deps.store.lane_finished(claim, pages.stats)
+    except StaleJob:
+        logger.info("lane stopped: the stage moved on without it", extra=log_extra)
+        return
+    except asyncio.CancelledError:
+        logger.warning("lane interrupted (abort or shutdown)", extra=log_extra)
+        raise
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        message = error_text(exc)
+        logger.warning(
+            "lane interrupted by a database error, retrying: %s", message, extra=log_extra
+        )
+        raise StageRetry(message, max(1.0, deps.settings.retry_base_seconds)) from None
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await deps.store.lane_stopped(claim, pages.stats)
+        attempted = Claim(claim.imp, claim.fence, max(pages.attempt, 1), claim.lane)
+        await _handle_failure(deps, attempted, exc, log_extra, lane=True, job_id=job_id)
+        return
+    log_extra["duration_s"] = round(time.monotonic() - started, 3)
+    logger.info(
+        "lane done%s", ": the stage's last, it finishes next" if last else "", extra=log_extra
+    )
 
 
 async def _context(deps: Deps, claim: Claim) -> StageContext:
@@ -176,8 +258,9 @@ async def _context(deps: Deps, claim: Claim) -> StageContext:
         attempt=claim.attempt,
         settings=deps.settings,
         options=options,
-        store=deps.store.for_stage(claim.fence),
+        store=deps.store.for_stage(claim.fence, lane=claim.lane is not None),
         llm=deps.llm,
+        embedder=deps.embedder,
         outputs=Outputs(await deps.store.stage_outputs(claim.imp.id)),
         workdir=workdir,
     )
@@ -192,19 +275,33 @@ async def _finish(store: Store, claim: Claim, result: StageResult) -> str | None
         saved = output.saved if isinstance(output, Parked) else output.model_dump(mode="json")
         await store.park(claim.fence, saved, result.reschedule_in)
         return claim.fence.stage
+    if result.fan_out is not None:
+        output = result.final_output()
+        lanes = output.lanes if isinstance(output, FannedOut) else 1
+        await store.fan_out(claim.fence, result.fan_out, lanes, output)
+        return claim.fence.stage
     return await store.complete(claim.fence, result)
 
 
 async def _handle_failure(
-    deps: Deps, claim: Claim, exc: Exception, log_extra: dict[str, Any]
+    deps: Deps,
+    claim: Claim,
+    exc: Exception,
+    log_extra: dict[str, Any],
+    *,
+    lane: bool = False,
+    job_id: int | None = None,
 ) -> None:
     message = error_text(exc)
     decision = decide(deps.settings, exc, claim.attempt)
+    what = "lane" if lane else "stage"
     if isinstance(exc, FullpassError):
-        logger.error("stage failed: %s", message, extra=log_extra)
+        logger.error("%s failed: %s", what, message, extra=log_extra)
     else:
-        logger.error("stage failed: %s", message, extra=log_extra, exc_info=exc)
-    recorded = await deps.store.fail(claim.fence, claim.imp.user_id, message, final=decision.final)
+        logger.error("%s failed: %s", what, message, extra=log_extra, exc_info=exc)
+    recorded = await deps.store.fail(
+        claim.fence, claim.imp.user_id, message, final=decision.final, lane=lane, job_id=job_id
+    )
     if not recorded:
         return  # requeued, cancelled or handed over meanwhile: the new run owns the import
     if not decision.final:

@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker import maintenance, outbox, runner, search, tasks
 from worker.db import Conn, resolve_dsn
+from worker.embeddings import make_embedder
 from worker.llm import make_provider
 from worker.queue import ResilientWorker, is_database_error, sweeper
 from worker.redact import error_text, register_secrets
@@ -86,9 +87,21 @@ async def run_worker(
     # Each running stage may hold a connection per in-flight LLM call's checkpoint.
     pool = make_pool(dsn, max_size=concurrency * 2 + settings.options.concurrency + 4)
     await _open_with_backoff(pool)
+    try:
+        # A model whose vectors do not fit the column: refuse to start.
+        await search.check_embedding_column(pool, settings.embeddings)
+    except BaseException:
+        await pool.close()
+        raise
     llm = make_provider(settings)
+    try:
+        embedder = make_embedder(settings.embeddings)
+    except BaseException:
+        await llm.aclose()
+        await pool.close()
+        raise
     app = tasks.build_app()
-    tasks.install(runner.Deps(settings=settings, store=Store(pool), llm=llm))
+    tasks.install(runner.Deps(settings=settings, store=Store(pool), llm=llm, embedder=embedder))
     logger.info(
         "worker starting: concurrency=%s queues=%s llm=%s",
         concurrency,
@@ -116,7 +129,6 @@ async def run_worker(
         persist_retry_seconds=max(60.0, 2 * settings.stalled_seconds),
     )
     try:
-        await search.check_embedding_column(pool)  # a model that does not fit: refuse to start
         outbox.check(settings)  # a callback secret no receiver could check: refuse to start
         async with app.open_async(pool):
             background = [
@@ -131,6 +143,8 @@ async def run_worker(
                     task.cancel()
     finally:
         await llm.aclose()
+        if embedder is not None:
+            await embedder.aclose()
         await pool.close()
         logger.info("worker stopped")
 

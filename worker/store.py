@@ -79,6 +79,18 @@ class Claim:
     imp: ImportRow
     fence: Fence
     attempt: int
+    #: The lane of a fanned-out stage this claim runs (None: the stage itself).
+    lane: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of a fanned-out stage's work list."""
+
+    number: int
+    chunk_ids: list[str]
+    #: How many times a lane took this page (this time included).
+    attempts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +239,9 @@ class StageResult:
     after_commit: Callable[[], Awaitable[None]] | None = None
     #: Not finished: save ``output`` and run this stage again in that many seconds.
     reschedule_in: float | None = None
+    #: Not finished: spread this work list (chunk ids, page by page) over lanes;
+    #: the stage runs again once every page is done.
+    fan_out: Sequence[Sequence[str]] | None = None
 
     def final_output(self) -> StageOutput:
         return self.output() if callable(self.output) else self.output
@@ -268,6 +283,49 @@ class StageStore(Protocol):
     async def sample_conversations(self, tier: str, limit: int) -> list[ScoredConversation]:
         """The most informative conversations (long, recent, fact-dense), with their text."""
 
+    async def extraction_todo(self, ids: Sequence[str]) -> list[ChunkRef]:
+        """Those of ``ids`` without a current checkpoint (a page's share of the work list)."""
+
+    async def lanes_stats(self) -> dict[str, int]:
+        """What the stage's lanes did, summed (empty when it did not fan out)."""
+
+    async def embedding_column(self) -> bool:
+        """Whether staged chunks can hold an embedding (pgvector is installed)."""
+
+    async def embedding_work(self, model: str) -> tuple[list[str], int]:
+        """Chunks without an embedding of ``model``, and how many chunks there are."""
+
+    async def embedding_todo(self, ids: Sequence[str], model: str) -> list[str]:
+        """Those of ``ids`` without an embedding of ``model``, in order."""
+
+    async def embedding_texts(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        """``(id, text to embed)`` of these chunks, in the order given."""
+
+    async def store_embeddings(
+        self, ids: Sequence[str], vectors: Sequence[Sequence[float]], model: str, tokens: int
+    ) -> None:
+        """One batch's vectors and what it cost, atomically; StaleJob if not current."""
+
+    async def set_embedding_status(self, status: str | None) -> None:
+        """``user_profiles.embedding_status`` of the import's user."""
+
+
+class PageSource(Protocol):
+    """The pages a lane works through (see :meth:`Store.pages`)."""
+
+    #: What the lane's run did (calls, chunks...), kept with the lane.
+    stats: dict[str, int]
+
+    async def next(self) -> Page | None:
+        """The next page to work on (None: none left for this lane)."""
+
+    async def done(self, page: Page) -> None:
+        """Mark ``page`` done (StaleJob when the lane no longer holds the stage)."""
+
+    @property
+    def attempt(self) -> int:
+        """The most attempts of a page this run took (for the retry policy)."""
+
 
 # --------------------------------------------------------------------------- postgres
 
@@ -278,8 +336,8 @@ class Store:
     def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
         self.pool = pool
 
-    def for_stage(self, fence: Fence) -> PgStageStore:
-        return PgStageStore(self.pool, fence)
+    def for_stage(self, fence: Fence, *, lane: bool = False) -> PgStageStore:
+        return PgStageStore(self.pool, fence, lane=lane)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -294,14 +352,7 @@ class Store:
                 queries.MIRROR_PROFILE,
                 {"user_id": row["user_id"], "status": "processing", "error": None},
             )
-        imp = ImportRow(
-            id=row["id"],
-            user_id=row["user_id"],
-            storage_path=row["storage_path"],
-            options=dict(row["options"] or {}),
-            generation=row["generation"],
-            source=row["source"],
-        )
+        imp = _import_row(row)
         fence = Fence(imp.id, imp.generation, stage, row["lease"])
         return Claim(imp, fence, int(row["attempts"]))
 
@@ -338,7 +389,8 @@ class Store:
     async def complete(self, fence: Fence, result: StageResult) -> str | None:
         """The stage's final writes, its checkpoint and the hand-over, in one transaction.
 
-        Returns the stage deferred next (None: the import is complete).
+        The stages it made ready are queued; the import completes when no
+        stage is left. Returns the import's stage now (None: it is complete).
         """
         async with self.pool.connection() as conn, conn.transaction():
             for write in result.writes:
@@ -365,26 +417,79 @@ class Store:
                     queries.SKIP_STAGES,
                     {"import_id": fence.import_id, "reasons": Jsonb(result.skip)},
                 )
-            row = await (await conn.execute(queries.NEXT_STAGE, key)).fetchone()
-            next_stage: str | None = row["stage"] if row else None
-            if next_stage is None:
-                await conn.execute(
-                    queries.COMPLETE_IMPORT, {"import_id": fence.import_id, **counts}
-                )
-            else:
+            await conn.execute(queries.SET_COUNTS, {"import_id": fence.import_id, **counts})
+            row = await (
                 await conn.execute(
                     queries.ADVANCE_IMPORT,
-                    {"import_id": fence.import_id, "next_stage": next_stage, **counts},
+                    {"import_id": fence.import_id, "generation": fence.generation},
                 )
-                await conn.execute(
-                    queries.DEFER_STAGE,
-                    {
-                        "import_id": fence.import_id,
-                        "stage": next_stage,
-                        "generation": fence.generation,
-                    },
-                )
-        return next_stage
+            ).fetchone()
+        return row["stage"] if row else None
+
+    async def fan_out(
+        self, fence: Fence, pages: Sequence[Sequence[str]], lanes: int, output: StageOutput
+    ) -> None:
+        """Split the stage's work list into ``pages`` and queue ``lanes`` lanes for them.
+
+        The stage stays running (its claim gives its attempt back); the last
+        lane out queues it again.
+        """
+        key = {"import_id": fence.import_id, "stage": fence.stage}
+        async with self.pool.connection() as conn, conn.transaction():
+            await self._lock_current(conn, fence)
+            await conn.execute(queries.DELETE_PAGES, key)
+            await conn.execute(
+                queries.INSERT_PAGES, {**key, "pages": Jsonb([list(p) for p in pages])}
+            )
+            await conn.execute(queries.INSERT_LANES, {**key, "lanes": lanes})
+            await conn.execute(
+                queries.FANNED_OUT,
+                {
+                    **key,
+                    "output": Jsonb(output.model_dump(mode="json")),
+                    "total": getattr(output, "total", None),
+                    "done": getattr(output, "done", 0),
+                },
+            )
+            await conn.execute(
+                queries.DEFER_LANES, {**key, "generation": fence.generation, "lanes": lanes}
+            )
+
+    async def claim_lane(
+        self, import_id: UUID, generation: int, stage: str, lane: int
+    ) -> Claim | None:
+        """A run of ``lane``: a new lease (None: the stage no longer runs fanned out)."""
+        params = {"import_id": import_id, "generation": generation, "stage": stage, "lane": lane}
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(queries.CLAIM_LANE, params)).fetchone()
+        if row is None:
+            return None
+        imp = _import_row(row)
+        return Claim(imp, Fence(imp.id, imp.generation, stage, row["lease"]), row["attempts"], lane)
+
+    def pages(self, claim: Claim) -> PgPageSource:
+        assert claim.lane is not None
+        return PgPageSource(self.pool, claim.fence, claim.lane)
+
+    async def lane_finished(self, claim: Claim, stats: dict[str, int]) -> bool:
+        """The lane found no page left; True when it was the last (the stage is queued)."""
+        fence = claim.fence
+        params = {**fence.params(), "lane": claim.lane, "stats": Jsonb(stats), "finished": True}
+        async with self.pool.connection() as conn, conn.transaction():
+            if not await self._is_current(conn, fence, lock=True):
+                return False  # another lane finished the stage, or the import moved on
+            await conn.execute(queries.LANE_STATS, params)
+            row = await (await conn.execute(queries.OPEN_PAGES, fence.params())).fetchone()
+            if row is None or row["n"]:
+                return False  # pages still running in other lanes: the last of them queues
+            await conn.execute(queries.REQUEUE_FANNED_OUT, fence.params())
+        return True
+
+    async def lane_stopped(self, claim: Claim, stats: dict[str, int]) -> None:
+        """Keep what a lane's run did when it stops early (a failure, a retry)."""
+        params = {**claim.fence.params(), "lane": claim.lane, "stats": Jsonb(stats)}
+        async with self.pool.connection() as conn:
+            await conn.execute(queries.LANE_STATS, {**params, "finished": False})
 
     async def park(self, fence: Fence, output: dict[str, Any], delay: float) -> None:
         """Save a waiting stage's state and run it again in ``delay`` seconds."""
@@ -404,14 +509,23 @@ class Store:
                 },
             )
 
-    async def fail(self, fence: Fence, user_id: UUID, error: str, *, final: bool) -> bool:
-        """Record a failed attempt (``final``: the import fails); False if no longer ours."""
+    async def fail(
+        self,
+        fence: Fence,
+        user_id: UUID,
+        error: str,
+        *,
+        final: bool,
+        lane: bool = False,
+        job_id: int | None = None,
+    ) -> bool:
+        """Record a failed attempt (``final``: the import fails); False if no longer ours.
+
+        A final failure also stops the import's other jobs (all but ``job_id``).
+        """
+        params = {**fence.params(), "error": error, "final": final, "lane": lane}
         async with self.pool.connection() as conn, conn.transaction():
-            row = await (
-                await conn.execute(
-                    queries.FAIL_STAGE, {**fence.params(), "error": error, "final": final}
-                )
-            ).fetchone()
+            row = await (await conn.execute(queries.FAIL_STAGE, params)).fetchone()
             if row is None:
                 return False
             if final:
@@ -419,12 +533,22 @@ class Store:
                     queries.MIRROR_PROFILE,
                     {"user_id": user_id, "status": "failed", "error": f"{fence.stage}: {error}"},
                 )
+                await conn.execute(
+                    queries.STOP_OTHER_JOBS, {"import_id": fence.import_id, "job_id": job_id}
+                )
         return True
 
     @staticmethod
-    async def _lock_current(conn: Conn, fence: Fence) -> None:
-        current = await (await conn.execute(queries.LOCK_CURRENT, fence.params())).fetchone()
-        if current is None:
+    async def _is_current(conn: Conn, fence: Fence, *, lock: bool = False) -> bool:
+        """Whether ``fence`` still holds its stage (``lock``: lock the import first)."""
+        if lock:
+            await conn.execute(queries.LOCK_IMPORT, {"import_id": fence.import_id})
+        row = await (await conn.execute(queries.IS_CURRENT, fence.params())).fetchone()
+        return bool(row and row["current"])
+
+    @classmethod
+    async def _lock_current(cls, conn: Conn, fence: Fence) -> None:
+        if not await cls._is_current(conn, fence, lock=True):
             raise StaleJob()  # rolls back everything written in this transaction
 
     async def _apply(self, conn: Conn, fence: Fence, write: FinalWrite) -> None:
@@ -494,6 +618,7 @@ class Store:
             queries.DELETE_PUBLISHED_CHUNKS, {**user, "replace_app_rows": replace_app_rows}
         )
         await conn.execute(queries.PUBLISH_STAGED_CHUNKS, {"import_id": fence.import_id})
+        await conn.execute(queries.EMBEDDINGS_PUBLISHED, {**user, "import_id": fence.import_id})
         if write.sections is None:
             await conn.execute(
                 queries.MIRROR_PROFILE, {**user, "status": "complete", "error": None}
@@ -506,6 +631,17 @@ class Store:
         }
         if (await conn.execute(queries.WRITE_PROFILE, params)).rowcount == 0:
             await conn.execute(queries.INSERT_PROFILE, params)
+
+
+def _import_row(row: dict[str, Any]) -> ImportRow:
+    return ImportRow(
+        id=row["id"],
+        user_id=row["user_id"],
+        storage_path=row["storage_path"],
+        options=dict(row["options"] or {}),
+        generation=row["generation"],
+        source=row["source"],
+    )
 
 
 def _take(
@@ -539,25 +675,38 @@ def _merged(facts: list[dict[str, Any]]) -> Facts:
 
 
 class PgStageStore:
-    """:class:`StageStore` over PostgreSQL, bound to one claim of one stage."""
+    """:class:`StageStore` over PostgreSQL, bound to one claim of one stage.
 
-    def __init__(self, pool: AsyncConnectionPool[Conn], fence: Fence) -> None:
+    A lane's store (``lane``) reports progress as what it adds to the stage's.
+    """
+
+    def __init__(
+        self, pool: AsyncConnectionPool[Conn], fence: Fence, *, lane: bool = False
+    ) -> None:
         self.pool = pool
         self.fence = fence
+        self.lane = lane
+        self._reported = 0
 
     async def _fetchall(self, sql: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
             return await (await conn.execute(sql, params)).fetchall()
 
     async def ensure_current(self) -> None:
-        if not await self._fetchall(queries.IS_CURRENT, self.fence.params()):
+        rows = await self._fetchall(queries.IS_CURRENT, self.fence.params())
+        if not (rows and rows[0]["current"]):
             raise StaleJob()
 
     async def report_progress(self, done: int, total: int | None) -> None:
         async with self.pool.connection() as conn:
-            await conn.execute(
-                queries.SET_PROGRESS, {**self.fence.params(), "done": done, "total": total}
-            )
+            if not self.lane:
+                await conn.execute(
+                    queries.SET_PROGRESS, {**self.fence.params(), "done": done, "total": total}
+                )
+                return
+            added, self._reported = done - self._reported, done
+            if added:
+                await conn.execute(queries.ADD_PROGRESS, {**self.fence.params(), "done": added})
 
     async def record_usage(self, usage: Usage) -> None:
         if not (usage.input_tokens or usage.output_tokens):
@@ -693,3 +842,102 @@ class PgStageStore:
             )
             for r in ranked
         ]
+
+    async def extraction_todo(self, ids: Sequence[str]) -> list[ChunkRef]:
+        rows = await self._fetchall(
+            queries.EXTRACTION_TODO, {"import_id": self.fence.import_id, "ids": list(ids)}
+        )
+        return [ChunkRef(r["id"], r["content_hash"]) for r in rows]
+
+    async def lanes_stats(self) -> dict[str, int]:
+        rows = await self._fetchall(
+            queries.LANES_STATS, {"import_id": self.fence.import_id, "stage": self.fence.stage}
+        )
+        return {r["key"]: int(r["value"]) for r in rows}
+
+    async def embedding_column(self) -> bool:
+        return bool(await self._fetchall(queries.STAGED_EMBEDDING_COLUMN, {}))
+
+    async def embedding_work(self, model: str) -> tuple[list[str], int]:
+        rows = await self._fetchall(
+            queries.EMBEDDING_WORK, {"import_id": self.fence.import_id, "model": model}
+        )
+        return [r["id"] for r in rows if r["todo"]], len(rows)
+
+    async def embedding_todo(self, ids: Sequence[str], model: str) -> list[str]:
+        rows = await self._fetchall(
+            queries.EMBEDDING_TODO,
+            {"import_id": self.fence.import_id, "ids": list(ids), "model": model},
+        )
+        return [r["id"] for r in rows]
+
+    async def embedding_texts(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        rows = await self._fetchall(
+            queries.EMBEDDING_TEXTS, {"import_id": self.fence.import_id, "ids": list(ids)}
+        )
+        by_id = {r["id"]: r["text"] for r in rows}
+        return [(i, by_id[i]) for i in ids if i in by_id]
+
+    async def store_embeddings(
+        self, ids: Sequence[str], vectors: Sequence[Sequence[float]], model: str, tokens: int
+    ) -> None:
+        (row,) = await self._fetchall(
+            queries.STORE_EMBEDDINGS,
+            {
+                **self.fence.params(),
+                "ids": list(ids),
+                "vectors": [_vector_text(v) for v in vectors],
+                "model": model,
+                "tokens": tokens,
+            },
+        )
+        if not row["current"]:
+            raise StaleJob()
+
+    async def set_embedding_status(self, status: str | None) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                queries.SET_EMBEDDING_STATUS,
+                {"import_id": self.fence.import_id, "status": status},
+            )
+
+
+def _vector_text(vector: Sequence[float]) -> str:
+    """pgvector's text form of a vector."""
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+class PgPageSource:
+    """The pages of a fanned-out stage, taken one at a time by one run of a lane."""
+
+    def __init__(self, pool: AsyncConnectionPool[Conn], fence: Fence, lane: int) -> None:
+        self.pool = pool
+        self.fence = fence
+        self.lane = lane
+        self.stats: dict[str, int] = {}
+        self._attempt = 0
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt
+
+    async def next(self) -> Page | None:
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(queries.NEXT_PAGE, {**self.fence.params(), "lane": self.lane})
+            ).fetchone()
+        if row is None:
+            return None
+        self._attempt = max(self._attempt, int(row["attempts"]))
+        return Page(int(row["page"]), list(row["chunk_ids"]), int(row["attempts"]))
+
+    async def done(self, page: Page) -> None:
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    queries.PAGE_DONE,
+                    {**self.fence.params(), "lane": self.lane, "page": page.number},
+                )
+            ).fetchone()
+        if row is None:
+            raise StaleJob()

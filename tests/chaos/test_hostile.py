@@ -166,7 +166,7 @@ def test_a_frozen_worker_that_wakes_up_pays_for_nothing_twice(
         other_id = fleet.refresh(other)
         _wait(
             lambda: (
-                {j["queueing_lock"] for j in doing_jobs(dsn) if j["worker_id"] == other_id}
+                {j["import_id"] for j in doing_jobs(dsn) if j["worker_id"] == other_id}
                 >= {str(i) for i in ids}
             ),
             60,

@@ -117,13 +117,13 @@ def test_sigkilled_workers_lose_nothing_and_repeat_nothing(
             "t": round(at, 2),
             "slot": victim.slot,
             "why": why,
-            "stages": sorted({str(j["import_stage"]) for j in hit}),
+            "stages": sorted({str(j["stage"]) for j in hit}),
             "tasks": sorted(j["task_name"].removeprefix("fullpass.") for j in hit),
         }
         kills.append(entry)
         for j in hit:
-            stage = str(j["import_stage"])
-            hits[(uuid.UUID(j["queueing_lock"]), j["task_name"].removeprefix("fullpass."))] += 1
+            stage = str(j["stage"])
+            hits[(uuid.UUID(j["import_id"]), stage)] += 1
             stage_kills[stage] += 1
         fleet.start(victim.slot, wait_registered=False)
         last_kill = time.monotonic()
@@ -146,8 +146,7 @@ def test_sigkilled_workers_lose_nothing_and_repeat_nothing(
             wp
             for wp in busy
             if any(
-                stage_kills.get(str(j["import_stage"]), 0) == least
-                for j in by_worker[wp.worker_id or -1]
+                stage_kills.get(str(j["stage"]), 0) == least for j in by_worker[wp.worker_id or -1]
             )
         ]
         if rare and now - last_kill > 0.5 and (least == 0 or now >= next_kill):

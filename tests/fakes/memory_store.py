@@ -18,6 +18,7 @@ from typing import Any
 from jobs.context import StageContext
 from jobs.domain.facts import Facts
 from jobs.outputs import Outputs, StageOutput
+from worker.embeddings import Embedder
 from worker.errors import StaleJob
 from worker.llm.base import LLMProvider, Usage
 from worker.options import Options
@@ -29,8 +30,36 @@ from worker.store import (
     FactsRow,
     FactsSummary,
     ImportRow,
+    Page,
     ScoredConversation,
 )
+
+
+class MemoryPageSource:
+    """Pages of a work list handed to a lane function, in memory."""
+
+    def __init__(self, store: MemoryStore, pages: Sequence[Sequence[str]]) -> None:
+        self.store = store
+        self.stats: dict[str, int] = {}
+        self._pages = [Page(n + 1, list(ids), 1) for n, ids in enumerate(pages)]
+        self.done_pages: list[int] = []
+
+    @property
+    def attempt(self) -> int:
+        return 1
+
+    async def next(self) -> Page | None:
+        return self._pages.pop(0) if self._pages and self.store.current else None
+
+    async def done(self, page: Page) -> None:
+        if not self.store.current:
+            raise StaleJob()
+        self.done_pages.append(page.number)
+
+    def finish(self) -> None:
+        """The lane ended: its figures count for the stage."""
+        for key, value in self.stats.items():
+            self.store.lane_stats[key] = self.store.lane_stats.get(key, 0) + value
 
 
 @dataclass
@@ -57,6 +86,12 @@ class MemoryStore:
     #: Set to False to make the job lose the stage (another worker took it).
     current: bool = True
     current_checks: int = 0
+    #: Embeddings by chunk id: (model, vector); ``None`` column: no pgvector.
+    embeddings: dict[str, tuple[str, list[float]]] | None = field(default_factory=dict)
+    embedding_tokens: int = 0
+    embedding_status: str | None = None
+    #: What lanes reported, summed (see :class:`MemoryPageSource`).
+    lane_stats: dict[str, int] = field(default_factory=dict)
 
     def add_chunk(self, chunk: ChunkText, tier: str = "medium") -> None:
         self.chunks.append(chunk)
@@ -126,6 +161,53 @@ class MemoryStore:
     async def running_output(self) -> dict[str, Any]:
         return dict(self.parked)
 
+    async def extraction_todo(self, ids: Sequence[str]) -> list[ChunkRef]:
+        by_id = {c.id: c for c in self.chunks}
+        return [
+            ChunkRef(i, by_id[i].content_hash)
+            for i in ids
+            if i in by_id
+            and (
+                (done := self.checkpoints.get(i)) is None
+                or done.content_hash != by_id[i].content_hash
+            )
+        ]
+
+    async def lanes_stats(self) -> dict[str, int]:
+        return dict(self.lane_stats)
+
+    async def embedding_column(self) -> bool:
+        return self.embeddings is not None
+
+    async def embedding_work(self, model: str) -> tuple[list[str], int]:
+        assert self.embeddings is not None
+        done = self.embeddings
+        todo = [c.id for c in self.chunks if c.id not in done or done[c.id][0] != model]
+        return todo, len(self.chunks)
+
+    async def embedding_todo(self, ids: Sequence[str], model: str) -> list[str]:
+        assert self.embeddings is not None
+        known = {c.id for c in self.chunks}
+        done = self.embeddings
+        return [i for i in ids if i in known and (i not in done or done[i][0] != model)]
+
+    async def embedding_texts(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        by_id = {c.id: c for c in self.chunks}
+        return [(i, f"{by_id[i].title}\n\n{by_id[i].content}") for i in ids if i in by_id]
+
+    async def store_embeddings(
+        self, ids: Sequence[str], vectors: Sequence[Sequence[float]], model: str, tokens: int
+    ) -> None:
+        self.embedding_tokens += tokens
+        if not self.current:
+            raise StaleJob()
+        assert self.embeddings is not None
+        for chunk_id, vector in zip(ids, vectors, strict=True):
+            self.embeddings[chunk_id] = (model, list(vector))
+
+    async def set_embedding_status(self, status: str | None) -> None:
+        self.embedding_status = status
+
     async def sample_conversations(self, tier: str, limit: int) -> list[ScoredConversation]:
         convs: dict[str, ScoredConversation] = {}
         for c in self.chunks:
@@ -165,6 +247,7 @@ def stage_context(
     store: MemoryStore,
     llm: LLMProvider,
     *,
+    embedder: Embedder | None = None,
     outputs: Sequence[StageOutput] = (),
     options: dict[str, Any] | None = None,
     workdir: Path | None = None,
@@ -180,6 +263,7 @@ def stage_context(
         options=Options().merged({"min_conversations": 0, **(options or {})}),
         store=store,
         llm=llm,
+        embedder=embedder,
         outputs=Outputs({o.stage: o.model_dump(mode="json") for o in outputs}),
         workdir=workdir or Path("/nonexistent"),
     )

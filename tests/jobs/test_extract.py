@@ -115,7 +115,11 @@ async def test_batch_mode_submits_polls_and_collects(
     parked = stage_rows(db_dsn, import_id)["extract"]
     assert parked["status"] == "running" and parked["attempts"] == 0
     assert len(parked["output"]["batch"]["ids"]) == 1
-    jobs = query(db_dsn, "select scheduled_at from procrastinate_jobs where status = 'todo'")
+    jobs = query(
+        db_dsn,
+        "select scheduled_at from procrastinate_jobs"
+        " where status = 'todo' and task_name = 'fullpass.extract'",
+    )
     assert jobs and jobs[0]["scheduled_at"] is not None  # re-checked later, no slot held
     assert [r for r in fake_anthropic.calls("extract") if r.method != "BATCH"] == []
 

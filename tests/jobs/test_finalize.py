@@ -79,9 +79,9 @@ async def test_finalize_is_atomic_v1_survives_a_failure(
         (USER_A,),
     )
     import_id = submit(deps.settings, USER_A)
-    await drive(deps, db_dsn, import_id, until="regenerate")
+    await drive(deps, db_dsn, import_id, until="embed")
     # The import's completion fails after the sections were written, inside the same transaction.
-    monkeypatch.setattr(queries, "COMPLETE_IMPORT", "SELECT 1 / 0")
+    monkeypatch.setattr(queries, "ADVANCE_IMPORT", "SELECT 1 / 0")
     await drive(deps, db_dsn, import_id)
     profile = query(db_dsn, "select soul_md, user_md, memory_md, soulprint_text from user_profiles")
     # MEMORY was published by its stage; the sections were not published.

@@ -65,9 +65,9 @@ async def test_the_users_chunks_are_replaced_only_when_a_pass_succeeds(
     assert published(db_dsn) == {first: n_first}
 
     second = submit(deps.settings, USER_A)
-    await drive(deps, db_dsn, second, until="regenerate")
+    await drive(deps, db_dsn, second, until="embed")
     assert published(db_dsn) == {first: n_first}  # searchable while the pass runs
-    monkeypatch.setattr(queries, "COMPLETE_IMPORT", "SELECT 1 / 0")
+    monkeypatch.setattr(queries, "ADVANCE_IMPORT", "SELECT 1 / 0")
     await drive(deps, db_dsn, second)
     assert import_row(db_dsn, second)["status"] == "failed"
     assert published(db_dsn) == {first: n_first}  # a failed pass publishes nothing

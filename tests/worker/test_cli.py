@@ -71,7 +71,8 @@ def test_submit_status_requeue_cancel(
 
     code, out, _ = run(capsys, "requeue", str(import_id), "--from", "chunk")
     assert code == 0 and out.startswith("requeued as job ")
-    assert import_row(db_dsn, import_id)["stage"] == "chunk"
+    # Nothing ran yet: the unfinished download comes first, then chunk and what follows.
+    assert import_row(db_dsn, import_id)["stage"] == "download"
 
     code, out, _ = run(capsys, "cancel", str(import_id))
     assert (code, out.strip()) == (0, "cancelled")

@@ -30,16 +30,26 @@ from worker.settings import Settings
 def _orphan(dsn: str, import_id: uuid.UUID, *, how: str) -> None:
     """Take away the import's job the way it happens in the field, and age the import."""
     if how == "deleted":
-        query(dsn, "delete from procrastinate_jobs where queueing_lock = %s", (str(import_id),))
+        query(
+            dsn,
+            "delete from procrastinate_jobs where args ->> 'import_id' = %s",
+            (str(import_id),),
+        )
     else:  # what a spoofed abort did to a running job
         query(
             dsn,
-            "update procrastinate_jobs set status = 'aborted' where queueing_lock = %s",
+            "update procrastinate_jobs set status = 'aborted' where args ->> 'import_id' = %s",
             (str(import_id),),
         )
     query(
         dsn,
         "update public.imports set updated_at = now() - interval '1 minute' where id = %s",
+        (import_id,),
+    )
+    query(
+        dsn,
+        "update public.import_stages set updated_at = now() - interval '1 minute'"
+        " where import_id = %s",
         (import_id,),
     )
 

@@ -1,0 +1,285 @@
+"""A long map step (and embedding) spread over lanes that any worker runs.
+
+Through real PostgreSQL: the stage splits its work list into pages and queues
+lanes; lanes take pages, checkpoint as the stage does, and the last one out
+queues the stage, which finishes with the figures of every lane. Failures of
+a lane follow the stage's policy; a worker runs one lane of a stage at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from jobs.domain.facts import Facts
+from tests.conftest import USER_A, make_settings, query
+from tests.helpers import drive, import_row, jobs_of, stage_rows, submit
+from worker import maintenance, runner
+from worker.embeddings import make_embedder
+from worker.llm.base import ExtractionInput, LLMResult, ModelUnavailable
+from worker.llm.offline import OfflineProvider
+from worker.settings import Settings
+from worker.stages import LANE_TASK
+from worker.store import Store
+
+SPREAD = '{"page_chunks": 10, "fanout": 3, "pack_tokens": 400}'
+
+
+class CountingProvider(OfflineProvider):
+    """Offline answers; counts how often each chunk is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: Counter[str] = Counter()
+
+    async def extract_facts(self, item: ExtractionInput) -> LLMResult[Facts]:
+        self.sent[item.chunk_id] += 1
+        return await super().extract_facts(item)
+
+
+@pytest.fixture
+def settings(db_dsn: str, tmp_path: Path) -> Settings:
+    return make_settings(db_dsn, tmp_path, FULLPASS_EMBEDDINGS="none")
+
+
+def deps_with(settings: Settings, pool: AsyncConnectionPool[Any], llm: Any) -> runner.Deps:
+    return runner.Deps(
+        settings=settings, store=Store(pool), llm=llm, embedder=make_embedder(settings.embeddings)
+    )
+
+
+def lane_jobs(dsn: str, import_id: uuid.UUID) -> list[dict[str, Any]]:
+    return [j for j in jobs_of(dsn, import_id) if j["task_name"] == LANE_TASK]
+
+
+async def test_a_long_map_step_is_spread_over_lanes_and_finishes_once(
+    settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
+) -> None:
+    llm = CountingProvider()
+    deps = deps_with(settings, pool, llm)
+    import_id = submit(settings, USER_A, options=SPREAD)
+    await drive(deps, db_dsn, import_id, until="chunk")
+    await drive(deps, db_dsn, import_id, until="extract")
+
+    row = import_row(db_dsn, import_id)
+    assert (
+        row["status"] == "complete" or stage_rows(db_dsn, import_id)["extract"]["status"] == "done"
+    )
+    pages = query(
+        db_dsn,
+        "select page, status, lane, attempts, cardinality(chunk_ids) as n from import_pages"
+        " where import_id = %s and stage = 'extract' order by page",
+        (import_id,),
+    )
+    chunks = stage_rows(db_dsn, import_id)["extract"]["output"]["chunks"]
+    assert len(pages) == -(-chunks // 10) > 3
+    assert {p["status"] for p in pages} == {"done"}
+    assert sum(p["n"] for p in pages) == chunks
+    assert all(p["attempts"] == 1 for p in pages)
+    lanes = lane_jobs(db_dsn, import_id)
+    assert [j["args"]["lane"] for j in lanes] == [1, 2, 3]
+    assert {j["status"] for j in lanes} == {"succeeded"}
+
+    # Every chunk was sent once, and the stage's figures sum up its lanes'.
+    assert max(llm.sent.values()) == 1
+    extract = stage_rows(db_dsn, import_id)["extract"]
+    assert extract["status"] == "done" and extract["attempts"] == 1
+    assert extract["output"]["calls"] == sum(llm.sent.values()) > 0
+    assert extract["items_done"] == extract["items_total"] == chunks
+    checkpoints = query(
+        db_dsn, "select count(*) as n from chunk_facts where import_id = %s", (import_id,)
+    )
+    assert checkpoints == [{"n": chunks}]
+
+    await drive(deps, db_dsn, import_id)
+    assert import_row(db_dsn, import_id)["status"] == "complete"
+
+
+async def test_a_short_work_list_is_not_spread(
+    settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
+) -> None:
+    deps = deps_with(settings, pool, OfflineProvider())
+    import_id = submit(settings, USER_A, options='{"page_chunks": 100000}')
+    await drive(deps, db_dsn, import_id)
+    assert import_row(db_dsn, import_id)["status"] == "complete"
+    assert lane_jobs(db_dsn, import_id) == []
+
+
+class FlakyProvider(CountingProvider):
+    """Fails the first ``failures`` calls as an overloaded service would."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def extract_facts(self, item: ExtractionInput) -> LLMResult[Facts]:
+        if self.failures > 0:
+            self.failures -= 1
+            self.sent[item.chunk_id] += 1
+            raise ModelUnavailable("Anthropic API 529 overloaded_error: Overloaded")
+        return await super().extract_facts(item)
+
+
+async def test_a_lane_that_fails_is_retried_and_takes_its_page_back(
+    settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
+) -> None:
+    llm = FlakyProvider(failures=1)
+    deps = deps_with(settings, pool, llm)
+    import_id = submit(settings, USER_A, options=SPREAD)
+    await drive(deps, db_dsn, import_id, until="extract")
+
+    extract = stage_rows(db_dsn, import_id)["extract"]
+    assert extract["status"] == "done", extract["error"]
+    lanes = lane_jobs(db_dsn, import_id)
+    assert max(j["attempts"] for j in lanes) == 1  # one lane was retried once
+    pages = query(
+        db_dsn,
+        "select attempts from import_pages where import_id = %s and stage = 'extract'",
+        (import_id,),
+    )
+    assert sorted(p["attempts"] for p in pages)[-1] == 2  # its page, taken back
+    # Only the chunks of the failed call were sent again.
+    assert sum(1 for n in llm.sent.values() if n > 1) <= 40
+
+
+async def test_a_lane_that_keeps_failing_fails_the_import_and_stops_the_others(
+    settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
+) -> None:
+    deps = deps_with(settings, pool, FlakyProvider(failures=10**6))
+    import_id = submit(settings, USER_A, options=SPREAD)
+    await drive(deps, db_dsn, import_id)
+    row = import_row(db_dsn, import_id)
+    assert row["status"] == "failed"
+    assert row["stage"] == "extract" and "model service kept failing" in row["error"]
+    assert stage_rows(db_dsn, import_id)["extract"]["status"] == "failed"
+    assert [j for j in jobs_of(db_dsn, import_id) if j["status"] in ("todo", "doing")] == []
+    profile = query(db_dsn, "select full_pass_status from user_profiles")
+    assert profile == [{"full_pass_status": "failed"}]
+
+
+async def test_a_requeue_while_lanes_run_fences_them(
+    settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
+) -> None:
+    llm = CountingProvider()
+    deps = deps_with(settings, pool, llm)
+    import_id = submit(settings, USER_A, options=SPREAD)
+    await drive(deps, db_dsn, import_id, until="chunk")
+    await drive_one(deps, db_dsn, import_id)  # extract fans out
+    (lane,) = [j for j in lane_jobs(db_dsn, import_id) if j["args"]["lane"] == 1]
+    query(db_dsn, "select public.requeue_import(%s, 'extract')", (import_id,))
+    # The old generation's lane finds nothing to do.
+    await runner.run_lane(deps, "extract", import_id, 1, 1, job_id=lane["id"])
+    assert llm.sent == Counter()
+    await drive(deps, db_dsn, import_id)
+    assert import_row(db_dsn, import_id)["status"] == "complete"
+    assert max(llm.sent.values()) == 1
+
+
+async def drive_one(deps: runner.Deps, dsn: str, import_id: uuid.UUID) -> None:
+    """Run the import's first queued stage job (not a lane)."""
+    (job,) = query(
+        dsn,
+        "update procrastinate_jobs set status = 'doing' where id = ("
+        " select id from procrastinate_jobs where args ->> 'import_id' = %s and status = 'todo'"
+        " and task_name <> %s order by id limit 1) returning id, task_name, args",
+        (str(import_id), LANE_TASK),
+    )
+    stage = job["task_name"].removeprefix("fullpass.")
+    await runner.run_stage(deps, stage, import_id, job["args"]["generation"], job_id=job["id"])
+    query(dsn, "update procrastinate_jobs set status = 'succeeded' where id = %s", (job["id"],))
+
+
+async def test_a_fanned_out_stage_whose_lanes_are_lost_is_planned_again(
+    settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
+) -> None:
+    llm = CountingProvider()
+    deps = deps_with(settings, pool, llm)
+    import_id = submit(settings, USER_A, options=SPREAD)
+    await drive(deps, db_dsn, import_id, until="chunk")
+    await drive_one(deps, db_dsn, import_id)
+    # One lane ran a page, then every lane job vanished (deleted by hand, say).
+    lane = lane_jobs(db_dsn, import_id)[0]
+    pages = deps.store.pages(
+        await deps.store.claim_lane(import_id, 1, "extract", lane["args"]["lane"])  # type: ignore[arg-type]
+    )
+    first = await pages.next()
+    assert first is not None
+    query(dsn := db_dsn, "delete from procrastinate_jobs where task_name = %s", (LANE_TASK,))
+    query(
+        dsn,
+        "update import_stages set updated_at = now() - interval '1 minute' where import_id = %s",
+        (import_id,),
+    )
+    assert await maintenance.repair_orphans(pool) == [(import_id, "extract")]
+    await drive(deps, db_dsn, import_id)
+    assert import_row(db_dsn, import_id)["status"] == "complete"
+    assert max(llm.sent.values()) == 1
+
+
+async def test_a_worker_runs_one_lane_of_a_stage_at_a_time(
+    settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
+) -> None:
+    deps = deps_with(settings, pool, OfflineProvider())
+    import_id = submit(settings, USER_A, options=SPREAD)
+    await drive(deps, db_dsn, import_id, until="chunk")
+    await drive_one(deps, db_dsn, import_id)  # extract fans out
+    await drive_one(deps, db_dsn, import_id)  # embed (skipped: embeddings are off)
+    workers = [
+        query(
+            db_dsn,
+            "insert into procrastinate_workers (last_heartbeat) values (now()) returning id",
+        )[0]["id"]
+        for _ in range(2)
+    ]
+
+    def fetch(worker: int) -> dict[str, Any] | None:
+        row = query(
+            db_dsn,
+            "select id, task_name, args from public.fullpass_fetch_job(array['imports'], %s)",
+            (worker,),
+        )[0]
+        return row if row["id"] is not None else None
+
+    first = fetch(workers[0])
+    assert first is not None and first["task_name"] == LANE_TASK
+    assert fetch(workers[0]) is None  # its other lanes wait for another worker
+    second = fetch(workers[1])
+    assert second is not None and second["args"]["lane"] != first["args"]["lane"]
+    assert fetch(workers[1]) is None
+    # Another import's stage job is still fetched by a worker busy with a lane.
+    other = submit(settings, uuid.UUID(int=7), options=SPREAD)
+    job = fetch(workers[0])
+    assert job is not None and job["args"]["import_id"] == str(other)
+
+
+async def test_embedding_is_spread_too(
+    db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any]
+) -> None:
+    settings = make_settings(db_dsn, tmp_path)
+    deps = deps_with(settings, pool, OfflineProvider())
+    import_id = submit(settings, USER_A, options=SPREAD)
+    await drive(deps, db_dsn, import_id)
+    assert import_row(db_dsn, import_id)["status"] == "complete"
+    embed = stage_rows(db_dsn, import_id)["embed"]
+    if embed["status"] == "skipped":
+        assert "pgvector" in embed["output"]["skipped"]
+        return
+    chunks = import_row(db_dsn, import_id)["chunk_count"]
+    assert embed["output"]["embedded_now"] == chunks
+    assert {j["status"] for j in lane_jobs(db_dsn, import_id) if j["args"]["stage"] == "embed"} == {
+        "succeeded"
+    }
+    missing = query(
+        db_dsn,
+        "select count(*) as n from conversation_chunks where user_id = %s"
+        " and (embedding is null or embedding_model is null)",
+        (USER_A,),
+    )
+    assert missing == [{"n": 0}]
+    await asyncio.sleep(0)
