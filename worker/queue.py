@@ -22,7 +22,7 @@ here, each override for a reason procrastinate's worker gets wrong for us:
   froze past the stalled timeout and its job was handed over).
 * ``JobManager.fetch_job`` (:class:`FullpassJobManager`): jobs are fetched by
   ``public.fullpass_fetch_job``, procrastinate's fetch with one rule more: a
-  worker runs at most one lane of a fanned-out stage at a time, so that a
+  worker runs at most one lane of an import at a time, so that a
   stage spread over lanes runs on as many workers as it has lanes. It copies
   ``procrastinate_fetch_job_v2``: follow it when the pinned version moves.
 

@@ -188,9 +188,11 @@ CREATE INDEX fullpass_jobs_by_import ON public.procrastinate_jobs ((args ->> 'im
     WHERE status IN ('todo', 'doing');
 
 -- procrastinate's fetch (procrastinate_fetch_job_v2 of procrastinate 3.10),
--- with one rule more: a worker runs at most one lane of a stage at a time.
+-- with one rule more: a worker runs at most one lane of an import at a time.
 -- A lane already has the import's whole concurrency on its worker; another
--- lane there would only share it, while it could run on a worker that has none.
+-- lane there would only share it, while it could run on a worker that has none,
+-- and an import never takes every slot of a worker (a small import arriving
+-- finds one free).
 CREATE FUNCTION public.fullpass_fetch_job(target_queue_names varchar[], p_worker_id bigint)
     RETURNS public.procrastinate_jobs
     LANGUAGE plpgsql
@@ -218,8 +220,7 @@ BEGIN
                    SELECT 1 FROM public.procrastinate_jobs AS mine
                     WHERE mine.status = 'doing' AND mine.worker_id = p_worker_id
                       AND mine.task_name = 'fullpass.lane'
-                      AND mine.args ->> 'import_id' = jobs.args ->> 'import_id'
-                      AND mine.args ->> 'stage' = jobs.args ->> 'stage'))
+                      AND mine.args ->> 'import_id' = jobs.args ->> 'import_id'))
          ORDER BY jobs.priority DESC, jobs.id ASC
          LIMIT 1
            FOR UPDATE OF jobs SKIP LOCKED

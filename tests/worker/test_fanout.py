@@ -3,7 +3,7 @@
 Through real PostgreSQL: the stage splits its work list into pages and queues
 lanes; lanes take pages, checkpoint as the stage does, and the last one out
 queues the stage, which finishes with the figures of every lane. Failures of
-a lane follow the stage's policy; a worker runs one lane of a stage at a time.
+a lane follow the stage's policy; a worker runs one lane of an import at a time.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ async def test_a_fanned_out_stage_whose_lanes_are_lost_is_planned_again(
     assert max(llm.sent.values()) == 1
 
 
-async def test_a_worker_runs_one_lane_of_a_stage_at_a_time(
+async def test_a_worker_runs_one_lane_of_an_import_at_a_time(
     settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
 ) -> None:
     deps = deps_with(settings, pool, OfflineProvider())
@@ -252,6 +252,10 @@ async def test_a_worker_runs_one_lane_of_a_stage_at_a_time(
     second = fetch(workers[1])
     assert second is not None and second["args"]["lane"] != first["args"]["lane"]
     assert fetch(workers[1]) is None
+    # Nor a lane of another stage of the same import: one lane of an import per
+    # worker, so that an import never takes all of a worker's slots.
+    query(db_dsn, "select public.fullpass_defer_lanes(%s, 'embed', 1, 1)", (import_id,))
+    assert fetch(workers[0]) is None
     # Another import's stage job is still fetched by a worker busy with a lane.
     other = submit(settings, uuid.UUID(int=7), options=SPREAD)
     job = fetch(workers[0])
