@@ -174,11 +174,6 @@ async def _run_stage(
         )
         return
     logger.info("stage done", extra=log_extra)
-    if result.after_commit is not None:
-        try:
-            await result.after_commit()
-        except Exception as exc:
-            logger.warning("after-commit step failed: %s", error_text(exc), extra=log_extra)
     if following is None:  # the import is complete
         shutil.rmtree(workdir_for(deps.settings, import_id), ignore_errors=True)
 

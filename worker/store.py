@@ -235,8 +235,6 @@ class StageResult:
     writes: Sequence[FinalWrite] = ()
     #: Later stages this one decided to skip, with the reason for each.
     skip: dict[str, str] = field(default_factory=dict)
-    #: Best-effort work after that transaction (e.g. the completion callback).
-    after_commit: Callable[[], Awaitable[None]] | None = None
     #: Not finished: save ``output`` and run this stage again in that many seconds.
     reschedule_in: float | None = None
     #: Not finished: spread this work list (chunk ids, page by page) over lanes;
