@@ -197,6 +197,17 @@ def query(dsn: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
         return cur.fetchall() if cur.description else []
 
 
+def stores_embeddings(dsn: str) -> bool:
+    """Whether chunks carry an embedding column here (pgvector installed at migrate)."""
+    return bool(
+        query(
+            dsn,
+            "select 1 from pg_attribute where attrelid = 'public.import_chunks'::regclass"
+            " and attname = 'embedding' and not attisdropped",
+        )
+    )
+
+
 async def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> Any:
     """Poll ``predicate`` (sync or async) until it returns something truthy."""
     deadline = asyncio.get_running_loop().time() + timeout

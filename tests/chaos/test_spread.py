@@ -28,7 +28,7 @@ from tests.chaos.harness import (
     worker_env,
 )
 from tests.chaos.services import SlowStorage, StagedFake
-from tests.conftest import query
+from tests.conftest import query, stores_embeddings
 from tests.fakes.fake_openai_embeddings import FakeOpenAIEmbeddingsServer
 from worker.stages import LANE_TASK
 
@@ -124,11 +124,7 @@ def test_a_worker_killed_mid_embed_never_pays_a_stored_batch_twice(
     slow_embeddings: FakeOpenAIEmbeddingsServer,
 ) -> None:
     dsn = audited_dsn
-    if not query(
-        dsn,
-        "select 1 from pg_attribute where attrelid = 'public.import_chunks'::regclass"
-        " and attname = 'embedding' and not attisdropped",
-    ):
+    if not stores_embeddings(dsn):
         pytest.skip("pgvector is not installed on this server")
     env = worker_env(
         dsn,

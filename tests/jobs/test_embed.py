@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from tests.conftest import USER_A, make_settings, query
+from tests.conftest import USER_A, make_settings, query, stores_embeddings
 from tests.fakes.embedding_server import Fault
 from tests.fakes.fake_bedrock import FakeBedrockServer
 from tests.fakes.fake_openai_embeddings import FakeOpenAIEmbeddingsServer
@@ -30,19 +30,9 @@ from worker.store import Store
 LOCAL_MODEL = "wordllama-l2-supercat-256"
 
 
-def has_pgvector(dsn: str) -> bool:
-    return bool(
-        query(
-            dsn,
-            "select 1 from pg_attribute where attrelid = 'public.import_chunks'::regclass"
-            " and attname = 'embedding' and not attisdropped",
-        )
-    )
-
-
 @pytest.fixture
 def pgvector(db_dsn: str) -> None:
-    if not has_pgvector(db_dsn):
+    if not stores_embeddings(db_dsn):
         pytest.skip("pgvector is not installed on this server")
 
 
@@ -117,7 +107,7 @@ async def test_embeddings_turned_off_skip_the_stage(
 async def test_without_pgvector_the_stage_is_skipped_and_text_search_still_works(
     settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
 ) -> None:
-    if has_pgvector(db_dsn):
+    if stores_embeddings(db_dsn):
         pytest.skip("pgvector is installed on this server")
     import_id = submit(settings, USER_A)
     await drive(make_deps(settings, pool), db_dsn, import_id)
