@@ -11,8 +11,6 @@ import asyncio
 import uuid
 from pathlib import Path
 
-from rich.live import Live
-
 from worker import migrate, operator
 from worker.db import connect, resolve_dsn
 from worker.service import run_worker
@@ -36,18 +34,14 @@ async def run(settings: Settings, file: Path | None = None) -> int:
         run_worker(settings, dsn=dsn, install_signal_handlers=False, concurrency=2)
     )
     status = "pending"
+
+    def alive() -> None:
+        if worker.done():
+            worker.result()  # surfaces the worker's error
+
     try:
         async with connect(dsn) as conn:
-            progress, stages = await operator.snapshot(conn, import_id)
-            assert progress is not None
-            with Live(operator.import_panel(progress, stages), console=console) as live:
-                while progress["status"] not in operator.TERMINAL:
-                    if worker.done():
-                        worker.result()  # surfaces the worker's error
-                    await asyncio.sleep(0.5)
-                    progress, stages = await operator.snapshot(conn, import_id)
-                    assert progress is not None
-                    live.update(operator.import_panel(progress, stages))
+            progress = await operator.follow(conn, import_id, console, interval=0.5, alive=alive)
             status = progress["status"]
     finally:
         worker.cancel()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -138,13 +140,66 @@ async def status(settings: Settings, import_id: UUID | None, *, watch: bool, lim
         if not watch:
             console.print(import_panel(progress, stages))
             return 0 if progress["status"] != "failed" else 1
-        with Live(import_panel(progress, stages), console=console, refresh_per_second=4) as live:
+        progress = await follow(conn, import_id, console, interval=1.0)
+        return 0 if progress["status"] == "complete" else 1
+
+
+async def follow(
+    conn: Any,
+    import_id: UUID,
+    console: Console,
+    *,
+    interval: float,
+    alive: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Show an import's progress until it ends; return its last progress row.
+
+    In a terminal the panel redraws in place, and anything written to stdout or
+    stderr meanwhile (log lines) goes above it. Piped, it prints one plain line
+    each time the status, stage or whole percentage changes, then the final
+    panel once: a log file never fills with redraw codes. ``alive`` is called on
+    each tick (the demo uses it to surface a failed in-process worker).
+    """
+    progress, stages = await snapshot(conn, import_id)
+    assert progress is not None
+    if console.is_terminal:
+        with Live(
+            import_panel(progress, stages),
+            console=console,
+            refresh_per_second=4,
+            redirect_stdout=True,
+            redirect_stderr=True,
+        ) as live:
             while progress["status"] not in TERMINAL:
-                await asyncio.sleep(1.0)
+                if alive is not None:
+                    alive()
+                await asyncio.sleep(interval)
                 progress, stages = await snapshot(conn, import_id)
                 assert progress is not None
                 live.update(import_panel(progress, stages))
-        return 0 if progress["status"] == "complete" else 1
+        return progress
+    last: tuple[Any, ...] | None = None
+    while True:
+        seen = (progress["status"], progress["stage"], int(float(progress["progress"] or 0)))
+        if seen != last:
+            console.print(progress_line(progress), markup=False, highlight=False, soft_wrap=True)
+            last = seen
+        if progress["status"] in TERMINAL:
+            break
+        if alive is not None:
+            alive()
+        await asyncio.sleep(interval)
+        progress, stages = await snapshot(conn, import_id)
+        assert progress is not None
+    console.print(import_panel(progress, stages))
+    return progress
+
+
+def progress_line(progress: dict[str, Any]) -> str:
+    """One plain line: time, status, stage, whole percentage (what a log needs)."""
+    pct = int(float(progress["progress"] or 0))
+    stage = f"stage {progress['stage_index'] or '-'}/{progress['stage_count']} {progress['stage']}"
+    return f"{datetime.now():%H:%M:%S} {progress['status']:<10} {stage:<22} {pct:3d}%"
 
 
 def make_console() -> Console:
@@ -182,9 +237,12 @@ def import_panel(progress: dict[str, Any], stages: list[dict[str, Any]]) -> Grou
         f"[{_STATUS_STYLE.get(status, 'default')}]{status}[/]",
         f"stage {progress['stage_index'] or '-'}/{progress['stage_count']} {progress['stage']}",
         f"{pct:5.1f}%",
-        f"eta {progress['eta']:%H:%M:%S}" if progress["eta"] else "",
+        f"eta {progress['eta']:%H:%M:%S}" if progress["eta"] and status not in TERMINAL else "",
     )
-    bar = ProgressBar(total=100, completed=pct, width=60)
+    # A progress bar renders without a line end: alone in a grid row it keeps
+    # the stage table on lines of its own.
+    bar = Table.grid()
+    bar.add_row(ProgressBar(total=100, completed=pct, width=60))
     table = Table(show_edge=False, pad_edge=False, box=None)
     for col in ("stage", "status", "items", "attempts", "tokens in/out", "error"):
         table.add_column(col)

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from tests.conftest import USER_A, USER_B, query
 from tests.helpers import SAMPLE, import_row, jobs_of
-from worker import migrate
+from worker import migrate, operator
 from worker.cli import main
 from worker.settings import get_settings
 
@@ -85,6 +86,34 @@ def test_submit_status_requeue_cancel(
     assert code == 1 and "does not exist" in err
     code, _, err = run(capsys, "submit", "/nonexistent/export.zip", "--user", str(USER_B))
     assert code == 1 and "no such file" in err
+
+
+def test_status_output_is_clean_in_a_terminal_and_when_piped(
+    env: dict[str, str], db_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "submit", str(SAMPLE), "--user", str(USER_A))
+    import_id = uuid.UUID(out.strip())
+
+    # The progress bar has a line of its own, the stage table starts below it.
+    progress = query(
+        db_dsn, "select * from public.import_progress where import_id = %s", (import_id,)
+    )
+    stages = query(db_dsn, "select * from public.import_stages where import_id = %s", (import_id,))
+    console = Console(force_terminal=True, width=120, record=True)
+    console.print(operator.import_panel(progress[0], stages))
+    lines = console.export_text().splitlines()
+    bar = next(line for line in lines if "━" in line)
+    assert set(bar.strip()) == {"━"}, bar
+    assert lines[lines.index(bar) + 1].split()[:2] == ["stage", "status"]
+
+    # Piped, --watch prints plain lines (no redraw codes), then the final panel.
+    run(capsys, "cancel", str(import_id))
+    code, out, _ = run(capsys, "status", str(import_id), "--watch")
+    assert code == 1
+    assert "\x1b" not in out and "\r" not in out
+    first = out.splitlines()[0].split()
+    assert first[1:4] == ["cancelled", "stage", "1/8"], out
+    assert any(line.split()[:2] == ["stage", "status"] for line in out.splitlines())
 
 
 def test_migrate_downgrade_steps_down_and_refuses_what_is_not_fullpass(
