@@ -39,7 +39,7 @@ from worker.llm.base import (
     UnusableAnswer,
     Usage,
 )
-from worker.llm.limiter import AdaptiveLimiter, Permit, global_limiter
+from worker.llm.limiter import AdaptiveLimiter, Permit, global_limiter, scope_limiter
 from worker.llm.parse import BadAnswer, answer_text, parse_facts, parse_sections
 from worker.llm.prompts import (
     CONSOLIDATION_SYSTEM,
@@ -188,9 +188,11 @@ def _http_client(settings: Settings) -> anthropic.DefaultAioHttpClient:
 class AnthropicProvider:
     """:class:`~worker.llm.base.LLMProvider` backed by the Claude Messages API.
 
-    ``limiter`` bounds this provider's in-flight requests (default: an
-    :class:`AdaptiveLimiter` of ``settings.options.concurrency``); every request also
-    passes the process-wide limiter of ``settings.global_concurrency`` unless
+    A request made inside :func:`~worker.llm.limiter.llm_scope` (every stage and
+    lane job runs in its import's) takes a slot of that import's limiter;
+    outside any scope, of ``limiter`` (default: an :class:`AdaptiveLimiter` of
+    ``settings.options.concurrency``). Every request also passes the
+    process-wide limiter of ``settings.global_concurrency`` unless
     ``use_global_limiter`` is false. The backoff knobs exist so tests can run
     retries in milliseconds. ``send_temperature`` starts true and turns itself
     off if the model rejects sampling parameters (see :meth:`_create`).
@@ -525,7 +527,7 @@ class AnthropicProvider:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _acquire(self) -> list[Permit]:
-        permits = [await self.limiter.acquire()]
+        permits = [await (scope_limiter() or self.limiter).acquire()]
         if self._use_global:
             try:
                 permits.append(await global_limiter(self._settings.global_concurrency).acquire())
