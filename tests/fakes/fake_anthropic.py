@@ -384,7 +384,7 @@ class FakeAnthropicServer:
         holds a minute's, and may enforce it over shorter intervals) and
         starts full. Input tokens read from the prompt cache do not count, as
         for current models; output tokens are taken when the answer is sent,
-        and a request is refused while the output bucket is empty.
+        and a request is refused while the output bucket holds less than one.
         """
         now = time.monotonic()
         buckets = {}
@@ -667,10 +667,9 @@ class FakeAnthropicServer:
             for bucket in self._buckets.values():
                 bucket.refill(now)
             needs = {"requests": 1.0, "input_tokens": float(self._counted_input(body))}
+            # Output is counted when the answer goes: a request needs one token left.
             waits = {
-                name: bucket.wait_for(needs[name])
-                if name in needs
-                else (0.0 if bucket.level > 0 else bucket.wait_for(1))
+                name: bucket.wait_for(needs.get(name, 1.0))
                 for name, bucket in self._buckets.items()
             }
             refused = max(waits, key=lambda name: waits[name])

@@ -66,12 +66,12 @@ def test_requests_per_minute_are_shared_by_every_client(fake: FakeAnthropicServe
 
 
 def test_buckets_refill_continuously(fake: FakeAnthropicServer) -> None:
-    fake.set_rate_limits(rpm=600, burst_seconds=0.1)  # one request, back in 0.1 s
+    fake.set_rate_limits(rpm=120, burst_seconds=0.5)  # one request, back in 0.5 s
     assert post(fake).status_code == 200
     refused = post(fake)
     assert refused.status_code == 429
     assert refused.headers["retry-after"] == "1"  # whole seconds, rounded up
-    time.sleep(0.12)
+    time.sleep(0.55)
     assert post(fake).status_code == 200
 
 
