@@ -457,10 +457,12 @@ class AnthropicProvider:
             if sampling:
                 kwargs["extra_body"] = {"temperature": temperature}
 
-            tokens = estimate_input_tokens(kwargs)
+            tokens = estimate_input_tokens(kwargs) if self.budget is not None else None
 
             async def call(
-                kwargs: dict[str, Any] = kwargs, sampling: bool = sampling, tokens: int = tokens
+                kwargs: dict[str, Any] = kwargs,
+                sampling: bool = sampling,
+                tokens: int | None = tokens,
             ) -> _Answer:
                 try:
                     raw = await self._client.messages.with_raw_response.create(**kwargs)
@@ -469,7 +471,7 @@ class AnthropicProvider:
                         return _Answer(None, _SAMPLING_REJECTED)
                     raise
                 answer = await _read(raw)
-                if self.budget is not None:
+                if self.budget is not None and tokens is not None:
                     usage = usage_of(answer.message) if answer.message else answer.usage
                     counted = usage.input_tokens + usage.cache_creation_tokens
                     self.budget.observe(raw.headers, drawn=tokens, counted=counted or None)
