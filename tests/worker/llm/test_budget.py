@@ -174,3 +174,29 @@ def test_the_estimate_counts_system_tools_and_messages() -> None:
         "messages": [{"role": "user", "content": [{"type": "text", "text": "m" * 400}]}],
     }
     assert 200 < estimate_input_tokens(params) < 210
+
+
+class ScriptedStore:
+    """A budget store answering draws from a script (no database)."""
+
+    def __init__(self, draws: list[tuple[float, float]]) -> None:
+        self.draws = draws
+
+    async def rate_draw(
+        self, name: str, rpm: int | None, itpm: int | None, tokens: int, burst: float
+    ) -> tuple[float, float]:
+        return self.draws.pop(0)
+
+    async def rate_observe(self, *args: Any, **kw: Any) -> None:
+        return None
+
+    async def rate_pause(self, name: str, seconds: float) -> None:
+        return None
+
+
+async def test_a_call_waiting_its_turn_also_waits_out_a_pause_learnt_meanwhile() -> None:
+    shared = FleetBudget(ScriptedStore([(0.2, 0.0), (0.5, 0.5)]), rpm=60)
+    first = asyncio.create_task(shared.draw(1))  # its turn in 0.2 s
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(shared.draw(1), 2)  # the fleet is paused for 0.5 s
+    assert await first >= 0.5
