@@ -12,7 +12,7 @@ LOCKS := requirements/build-lock.txt requirements/lock.txt requirements/dev-lock
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCKS) | cksum | cut -d' ' -f1)
 PIP_INSTALL := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: venv lock demo sample test test-fast lint format migrate worker bench-ingest bench-pipeline eval clean
+.PHONY: venv lock demo sample test test-fast lint format migrate worker bench-ingest bench-pipeline bench-rate eval clean
 
 venv: $(STAMP)
 
@@ -80,6 +80,10 @@ bench-ingest: venv
 
 bench-pipeline: venv
 	$(BIN)/python bench/pipeline.py
+
+# Three workers under one organisation's rate limit (half the fleet's demand), sharing the budget.
+bench-rate: venv
+	$(BIN)/python bench/ratelimit.py
 
 # Extraction quality on the labelled evaluation set (bench/eval/): against the fake Messages
 # API without ANTHROPIC_API_KEY; with it, against the real API once the estimated cost is

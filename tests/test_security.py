@@ -59,6 +59,8 @@ QUEUE_TABLES = (
     "procrastinate_workers",
     "procrastinate_events",
     "procrastinate_periodic_defers",
+    # The fleet's rate budget: a user who could write it could stall every import.
+    "fullpass_rate_budget",
 )
 #: Calls of every function only the worker / an operator may run (one valid call each).
 PRIVILEGED_CALLS = (
@@ -75,6 +77,9 @@ PRIVILEGED_CALLS = (
     "select public.procrastinate_defer_jobs_v1(ARRAY[ROW('imports', 'fullpass.download', 0,"
     " NULL, NULL, '{}'::jsonb, NULL)::public.procrastinate_job_to_defer_v1])",
     "select public.procrastinate_cancel_job_v1(1, true, false)",
+    "select * from public.fullpass_rate_draw('anthropic', 50, NULL, 100, 5)",
+    "select public.fullpass_rate_observe('anthropic', 50, NULL, 5, 0, NULL, 0)",
+    "select public.fullpass_rate_pause('anthropic', 3600)",
     "select public.procrastinate_fetch_job_v2(ARRAY['imports']::varchar[], NULL)",
     "select public.procrastinate_retry_job_v1(1, now(), NULL, NULL, NULL)",
 )
@@ -539,6 +544,17 @@ def test_service_role_can_requeue_and_cancel(db_dsn: str) -> None:
         conn.commit()
     row = query(db_dsn, "select status, generation from imports where id = %s", (import_id,))
     assert row == [{"status": "pending", "generation": 3}]
+
+
+def test_service_role_can_draw_from_the_rate_budget(db_dsn: str) -> None:
+    """A worker connecting as service_role runs the budget's three statements."""
+    with session(db_dsn, "service_role") as conn:
+        draw = "select * from public.fullpass_rate_draw('anthropic', 60, 1000, 50, 5)"
+        assert conn.execute(draw).fetchone() == {"wait_seconds": 0, "paused_seconds": 0}
+        conn.execute("select public.fullpass_rate_observe('anthropic', 60, 1000, 5, 3, 10, 0)")
+        conn.execute("select public.fullpass_rate_pause('anthropic', 1)")
+        row = conn.execute("select requests, input_tokens, pauses from fullpass_rate_budget")
+        assert row.fetchone() == {"requests": 3, "input_tokens": 10, "pauses": 1}
 
 
 def test_supabase_default_privileges_do_not_open_anything(empty_db_dsn: str) -> None:

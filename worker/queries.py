@@ -839,3 +839,21 @@ SELECT id, conversation_id, title, content, created_at, chunk_tier, text_rank,
                             query_embedding => %(embedding)s, match_count => %(k)s::int,
                             p_tiers => %(tiers)s::text[])
 """
+
+# --- the fleet's rate budget (revision 0010) -----------------------------------
+
+#: Takes a call's request and input tokens from the shared budget: how long to
+#: wait before sending, and for how long the fleet is paused.
+RATE_DRAW: LiteralString = """
+SELECT wait_seconds, paused_seconds
+  FROM public.fullpass_rate_draw(%(name)s, %(rpm)s, %(itpm)s, %(tokens)s, %(burst)s)
+"""
+
+#: Lowers the budget to what the API said is left; gives back input tokens drawn too many.
+RATE_OBSERVE: LiteralString = """
+SELECT public.fullpass_rate_observe(%(name)s, %(rpm)s, %(itpm)s, %(burst)s,
+                                    %(requests_left)s, %(tokens_left)s, %(refund)s)
+"""
+
+#: Nobody in the fleet sends for ``seconds`` (the API answered 429 with retry-after).
+RATE_PAUSE: LiteralString = "SELECT public.fullpass_rate_pause(%(name)s, %(seconds)s)"

@@ -9,7 +9,9 @@ that decides what a failure means (:func:`decide`):
    job stops here. A claim that raises is counted as an attempt, so an import
    is never left pending by an exception.
 2. **work**: the stage function runs (``jobs.*``) over its typed inputs and a
-   store bound to the claim.
+   store bound to the claim, inside its import's LLM scope
+   (:func:`~worker.llm.limiter.llm_scope`): the calls of every job of one
+   import in this process share its ``concurrency``.
 3. **complete** (one transaction): the stage's final writes, the checkpoint
    row ``done`` with its output, and the queueing of the stages it made
    ready (or the import's completion) commit together.
@@ -46,6 +48,7 @@ from worker import notify
 from worker.embeddings import Embedder
 from worker.errors import BadInput, FullpassError, NeedsOperator, StaleJob
 from worker.llm.base import LLMProvider
+from worker.llm.limiter import llm_scope
 from worker.maintenance import workdir_for
 from worker.options import InvalidOptions
 from worker.redact import error_text
@@ -148,7 +151,8 @@ async def _run_stage(
     logger.info("stage started", extra=log_extra)
     try:
         ctx = await _context(deps, claim)
-        result = await STAGE_FUNCTIONS[stage](ctx)
+        with llm_scope(import_id, ctx.options.concurrency):
+            result = await STAGE_FUNCTIONS[stage](ctx)
         following = await _finish(deps.store, claim, result)
     except StaleJob:
         logger.info(
@@ -214,7 +218,8 @@ async def run_lane(
     logger.info("lane started", extra=log_extra)
     try:
         ctx = await _context(deps, claim)
-        await LANE_FUNCTIONS[stage](ctx, pages)
+        with llm_scope(import_id, ctx.options.concurrency):
+            await LANE_FUNCTIONS[stage](ctx, pages)
         last = await deps.store.lane_finished(claim, pages.stats)
     except StaleJob:
         logger.info("lane stopped: the stage moved on without it", extra=log_extra)

@@ -27,6 +27,7 @@ from worker import maintenance, outbox, runner, search, tasks
 from worker.db import Conn, resolve_dsn
 from worker.embeddings import make_embedder
 from worker.llm import make_provider
+from worker.llm.budget import FleetBudget
 from worker.queue import ResilientWorker, is_database_error, sweeper
 from worker.redact import error_text, register_secrets
 from worker.retry import backoff
@@ -93,7 +94,8 @@ async def run_worker(
     except BaseException:
         await pool.close()
         raise
-    llm = make_provider(settings)
+    store = Store(pool)
+    llm = make_provider(settings, FleetBudget.from_settings(settings, store))
     try:
         embedder = make_embedder(settings.embeddings)
     except BaseException:
@@ -101,12 +103,15 @@ async def run_worker(
         await pool.close()
         raise
     app = tasks.build_app()
-    tasks.install(runner.Deps(settings=settings, store=Store(pool), llm=llm, embedder=embedder))
+    tasks.install(runner.Deps(settings=settings, store=store, llm=llm, embedder=embedder))
     logger.info(
-        "worker starting: concurrency=%s queues=%s llm=%s",
+        "worker starting: concurrency=%s queues=%s llm=%s rate budget=%s",
         concurrency,
         ",".join(queues or [QUEUE]),
         llm.model,
+        f"{settings.rate_budget} (rpm={settings.rate_rpm}, itpm={settings.rate_itpm})"
+        if settings.rate_rpm or settings.rate_itpm
+        else "none",
     )
     worker = ResilientWorker(
         app=app,

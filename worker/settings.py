@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     #: The pipeline's knobs (``FULLPASS_<NAME>``): defaults every import may override.
     options: EnvOptions = Field(default_factory=lambda: EnvOptions())
     global_concurrency: int = Field(default=20, ge=1, le=500, alias="FULLPASS_GLOBAL_CONCURRENCY")
+    #: The organisation's rate limits the fleet shares (None: no limit; worker/llm/budget.py).
+    rate_rpm: int | None = Field(default=None, ge=1, alias="FULLPASS_RATE_RPM")
+    rate_itpm: int | None = Field(default=None, ge=1, alias="FULLPASS_RATE_ITPM")
+    rate_burst_seconds: float = Field(default=5.0, gt=0, le=60, alias="FULLPASS_RATE_BURST_SECONDS")
+    rate_budget: str = Field(
+        default="anthropic", min_length=1, max_length=100, alias="FULLPASS_RATE_BUDGET"
+    )
     #: Embeddings of the chunks (``FULLPASS_EMBEDDINGS*``, see worker/embeddings/settings.py).
     embeddings: EmbeddingSettings = Field(default_factory=lambda: EmbeddingSettings())
 

@@ -536,6 +536,45 @@ class Store:
                 )
         return True
 
+    # ------------------------------------------------------------------ rate budget
+
+    async def rate_draw(
+        self, name: str, rpm: int | None, itpm: int | None, tokens: int, burst: float
+    ) -> tuple[float, float]:
+        """Take one call from the fleet's budget: (seconds to wait, seconds paused)."""
+        params = {"name": name, "rpm": rpm, "itpm": itpm, "tokens": tokens, "burst": burst}
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(queries.RATE_DRAW, params)).fetchone()
+        assert row is not None
+        return float(row["wait_seconds"]), float(row["paused_seconds"])
+
+    async def rate_observe(
+        self,
+        name: str,
+        rpm: int | None,
+        itpm: int | None,
+        burst: float,
+        *,
+        requests_left: int | None,
+        tokens_left: int | None,
+        refund: int,
+    ) -> None:
+        params = {
+            "name": name,
+            "rpm": rpm,
+            "itpm": itpm,
+            "burst": burst,
+            "requests_left": requests_left,
+            "tokens_left": tokens_left,
+            "refund": refund,
+        }
+        async with self.pool.connection() as conn:
+            await conn.execute(queries.RATE_OBSERVE, params)
+
+    async def rate_pause(self, name: str, seconds: float) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(queries.RATE_PAUSE, {"name": name, "seconds": seconds})
+
     @staticmethod
     async def _is_current(conn: Conn, fence: Fence, *, lock: bool = False) -> bool:
         """Whether ``fence`` still holds its stage (``lock``: lock the import first)."""

@@ -11,6 +11,13 @@ markdown, sections requests a ``write_sections`` call. Usage is estimated at
 4 characters a token, with prompt caching simulated for cacheable system
 prompts.
 
+It can enforce an organisation's rate limits as the real API does
+(:meth:`FakeAnthropicServer.set_rate_limits`): token buckets of requests,
+input tokens and output tokens per minute, shared by every client, refilled
+continuously; every Messages answer carries the ``anthropic-ratelimit-*``
+headers (limit, remaining, reset as an RFC 3339 time), and a request over a
+limit gets 429 ``rate_limit_error`` with ``retry-after`` in whole seconds.
+
 Tests steer it at runtime, from any thread: ``latency``, a queue of faults
 for the next requests (:meth:`FakeAnthropicServer.inject`), random faults with
 a seed (:meth:`FakeAnthropicServer.set_random_faults`), per-item batch outcomes.
@@ -147,6 +154,31 @@ class RecordedRequest:
     cache_read_tokens: int = 0
     cache_creation_tokens: int = 0
     answer: Any = None
+    #: The organisation limit that refused the request (``requests``,
+    #: ``input_tokens`` or ``output_tokens``), for a 429 of the rate limits.
+    limited: str | None = None
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """A token bucket of ``limit`` per minute holding at most ``capacity``."""
+
+    limit: int
+    capacity: float
+    level: float
+    at: float
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.at) * self.limit / 60)
+        self.at = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until ``amount`` (at most the capacity) is available."""
+        missing = min(amount, self.capacity) - self.level
+        return max(0.0, missing * 60 / self.limit)
+
+    def full_in(self) -> float:
+        return max(0.0, (self.capacity - self.level) * 60 / self.limit)
 
 
 @dataclass(slots=True)
@@ -231,6 +263,7 @@ class FakeAnthropicServer:
         self._counter = 0
         self._in_flight = 0
         self._max_in_flight = 0
+        self._buckets: dict[str, _Bucket] = {}
         self._connections: set[socket.socket] = set()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -337,6 +370,31 @@ class FakeAnthropicServer:
             self._random = (rate, tuple(kinds), random.Random(seed), only) if rate > 0 else None
             self._random_retry_after = retry_after
 
+    def set_rate_limits(
+        self,
+        *,
+        rpm: int | None = None,
+        itpm: int | None = None,
+        otpm: int | None = None,
+        burst_seconds: float = 60.0,
+    ) -> None:
+        """Enforce an organisation's limits per minute (None: that one is unlimited).
+
+        Each bucket holds ``burst_seconds`` worth of its limit (the real API
+        holds a minute's, and may enforce it over shorter intervals) and
+        starts full. Input tokens read from the prompt cache do not count, as
+        for current models; output tokens are taken when the answer is sent,
+        and a request is refused while the output bucket holds less than one.
+        """
+        now = time.monotonic()
+        buckets = {}
+        for name, limit in (("requests", rpm), ("input_tokens", itpm), ("output_tokens", otpm)):
+            if limit is not None:
+                capacity = max(1.0, limit * burst_seconds / 60)
+                buckets[name] = _Bucket(limit, capacity, capacity, now)
+        with self._lock:
+            self._buckets = buckets
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -360,6 +418,7 @@ class FakeAnthropicServer:
             self.reject_temperature = False
             self._batch_delay = 0.0
             self.reword = None
+            self._buckets = {}
 
     @property
     def pending_faults(self) -> int:
@@ -392,6 +451,10 @@ class FakeAnthropicServer:
     def duplicate_extractions(self) -> dict[str, int]:
         """Transcript keys that were successfully extracted more than once."""
         return {k: n for k, n in self.extraction_counts().items() if n > 1}
+
+    def rate_limited(self) -> list[RecordedRequest]:
+        """Requests refused by the organisation's rate limits."""
+        return [r for r in self.requests if r.limited is not None]
 
     @property
     def max_in_flight(self) -> int:
@@ -474,6 +537,8 @@ class FakeAnthropicServer:
     ) -> NoReturn:
         body = raw if raw is not None else json.dumps(payload, ensure_ascii=False).encode()
         record.status = status
+        if record.path.rstrip("/") == "/v1/messages":
+            headers = {**self._rate_headers(record), **(headers or {})}
         try:
             h.send_response(status)
             h.send_header("Content-Type", content_type)
@@ -591,6 +656,70 @@ class FakeAnthropicServer:
             raw=b"<html><body>upstream connect error or disconnect/reset before headers",
         )
 
+    # ------------------------------------------------------------------ rate limits
+
+    def _admit(self, h: _Handler, record: RecordedRequest, body: dict[str, Any]) -> None:
+        """Take the request from the organisation's buckets, or answer 429."""
+        with self._lock:
+            if not self._buckets:
+                return
+            now = time.monotonic()
+            for bucket in self._buckets.values():
+                bucket.refill(now)
+            needs = {"requests": 1.0, "input_tokens": float(self._counted_input(body))}
+            # Output is counted when the answer goes: a request needs one token left.
+            waits = {
+                name: bucket.wait_for(needs.get(name, 1.0))
+                for name, bucket in self._buckets.items()
+            }
+            refused = max(waits, key=lambda name: waits[name])
+            if waits[refused] > 0:
+                record.limited = refused
+            else:
+                for name, bucket in self._buckets.items():
+                    bucket.level -= needs.get(name, 0.0)
+        if record.limited is not None:
+            record.fault = "rate_limit"
+            label = record.limited.replace("_", " ")
+            self._error(
+                h,
+                record,
+                429,
+                "rate_limit_error",
+                f"This request would exceed your organization's rate limit of "
+                f"{self._buckets[record.limited].limit} {label} per minute.",
+                {"retry-after": str(max(1, math.ceil(waits[refused])))},
+            )
+
+    def _counted_input(self, body: dict[str, Any]) -> int:
+        """Input tokens the limit counts: the prompt without what the cache serves."""
+        prefix, cached_prefix = self._prompt_prefix(body)
+        total = _tokens_len(len(prefix) + sum(len(t) for t in _message_texts(body)))
+        if cached_prefix:
+            key = hashlib.sha256(f"{body.get('model')}\0{cached_prefix}".encode()).hexdigest()
+            if key in self._cache:
+                total -= _tokens(cached_prefix)
+        return max(1, total)
+
+    def _rate_headers(self, record: RecordedRequest) -> dict[str, str]:
+        """The ``anthropic-ratelimit-*`` headers (output tokens taken as the answer goes)."""
+        with self._lock:
+            if not self._buckets:
+                return {}
+            now = time.monotonic()
+            wall = datetime.now(UTC)
+            out: dict[str, str] = {}
+            for name, bucket in self._buckets.items():
+                bucket.refill(now)
+                if name == "output_tokens" and record.limited is None and record.status == 200:
+                    bucket.level -= record.output_tokens
+                header = "anthropic-ratelimit-" + name.replace("_", "-")
+                reset = wall + timedelta(seconds=bucket.full_in())
+                out[f"{header}-limit"] = str(bucket.limit)
+                out[f"{header}-remaining"] = str(max(0, math.floor(bucket.level)))
+                out[f"{header}-reset"] = reset.strftime("%Y-%m-%dT%H:%M:%SZ")
+            return out
+
     # ------------------------------------------------------------------ /v1/messages
 
     def _messages(self, h: _Handler, record: RecordedRequest) -> None:
@@ -601,6 +730,7 @@ class FakeAnthropicServer:
         record.kind, record.key, record.marker = _classify(body)
         if self.reject_temperature and "temperature" in body:
             self._error(h, record, 400, "invalid_request_error", _TEMPERATURE_REJECTED)
+        self._admit(h, record, body)
         fault = self._maybe_http_fault(h, record)
         if fault is not None and fault.kind == "deep_nesting":
             self._deep_answer(h, record, body, fault.depth)
@@ -686,14 +816,7 @@ class FakeAnthropicServer:
 
     def _usage(self, body: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, int]:
         """Tokens at ~4 chars each; a cacheable prefix is written once, then read."""
-        tools = json.dumps(body.get("tools") or [], sort_keys=True)
-        system = body.get("system") or ""
-        blocks = [{"type": "text", "text": system}] if isinstance(system, str) else system
-        prefix, cached_prefix = tools, ""
-        for block in blocks:
-            prefix += str(block.get("text", ""))
-            if block.get("cache_control"):
-                cached_prefix = prefix
+        prefix, cached_prefix = self._prompt_prefix(body)
         total = len(prefix) + sum(len(t) for t in _message_texts(body))
         cached = _tokens(cached_prefix) if cached_prefix else 0
         read = created = 0
@@ -715,6 +838,19 @@ class FakeAnthropicServer:
             "cache_read_input_tokens": read,
             "cache_creation_input_tokens": created,
         }
+
+    @staticmethod
+    def _prompt_prefix(body: dict[str, Any]) -> tuple[str, str]:
+        """The tools and system text, and the part of it marked cacheable."""
+        tools = json.dumps(body.get("tools") or [], sort_keys=True)
+        system = body.get("system") or ""
+        blocks = [{"type": "text", "text": system}] if isinstance(system, str) else system
+        prefix, cached_prefix = tools, ""
+        for block in blocks:
+            prefix += str(block.get("text", ""))
+            if block.get("cache_control"):
+                cached_prefix = prefix
+        return prefix, cached_prefix
 
     # ------------------------------------------------------------------ batches
 

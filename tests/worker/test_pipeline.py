@@ -345,7 +345,7 @@ async def test_cancel_of_a_running_import(
     settings: Settings, db_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     slow = SlowProvider(0.05)
-    monkeypatch.setattr("worker.service.make_provider", lambda s: slow)
+    monkeypatch.setattr("worker.service.make_provider", lambda s, budget=None: slow)
     import_id = submit(settings, USER_A, options='{"concurrency": 2}')
     async with running_worker(settings):
         await wait_status(db_dsn, import_id, ("processing",))

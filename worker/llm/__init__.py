@@ -5,19 +5,23 @@ from __future__ import annotations
 import logging
 
 from worker.llm.base import LLMProvider
+from worker.llm.budget import FleetBudget
 from worker.settings import Settings
 
 logger = logging.getLogger("fullpass.llm")
 
 
-def make_provider(settings: Settings) -> LLMProvider:
-    """The provider ``FULLPASS_LLM`` selects (``offline`` unless an API key is set)."""
+def make_provider(settings: Settings, budget: FleetBudget | None = None) -> LLMProvider:
+    """The provider ``FULLPASS_LLM`` selects (``offline`` unless an API key is set).
+
+    ``budget``: the fleet's shared rate budget the ``anthropic`` provider draws from.
+    """
     if settings.llm == "anthropic":
         if settings.anthropic_api_key is None:
             raise ValueError("FULLPASS_LLM=anthropic needs ANTHROPIC_API_KEY")
         from worker.llm.anthropic_provider import AnthropicProvider
 
-        return AnthropicProvider(settings)
+        return AnthropicProvider(settings, budget=budget)
     from worker.llm.offline import OfflineProvider
 
     provider: LLMProvider = OfflineProvider()

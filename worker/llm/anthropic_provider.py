@@ -39,7 +39,8 @@ from worker.llm.base import (
     UnusableAnswer,
     Usage,
 )
-from worker.llm.limiter import AdaptiveLimiter, Permit, global_limiter
+from worker.llm.budget import FleetBudget
+from worker.llm.limiter import AdaptiveLimiter, Permit, global_limiter, scope_limiter
 from worker.llm.parse import BadAnswer, answer_text, parse_facts, parse_sections
 from worker.llm.prompts import (
     CONSOLIDATION_SYSTEM,
@@ -188,12 +189,16 @@ def _http_client(settings: Settings) -> anthropic.DefaultAioHttpClient:
 class AnthropicProvider:
     """:class:`~worker.llm.base.LLMProvider` backed by the Claude Messages API.
 
-    ``limiter`` bounds this provider's in-flight requests (default: an
-    :class:`AdaptiveLimiter` of ``settings.options.concurrency``); every request also
-    passes the process-wide limiter of ``settings.global_concurrency`` unless
-    ``use_global_limiter`` is false. The backoff knobs exist so tests can run
-    retries in milliseconds. ``send_temperature`` starts true and turns itself
-    off if the model rejects sampling parameters (see :meth:`_create`).
+    A request made inside :func:`~worker.llm.limiter.llm_scope` (every stage and
+    lane job runs in its import's) takes a slot of that import's limiter;
+    outside any scope, of ``limiter`` (default: an :class:`AdaptiveLimiter` of
+    ``settings.options.concurrency``). Every request also passes the
+    process-wide limiter of ``settings.global_concurrency`` unless
+    ``use_global_limiter`` is false, and, with a ``budget``, draws its request
+    and input tokens from the fleet's shared rate budget before it is sent.
+    The backoff knobs exist so tests can run retries in milliseconds.
+    ``send_temperature`` starts true and turns itself off if the model rejects
+    sampling parameters (see :meth:`_create`).
     """
 
     def __init__(
@@ -203,6 +208,7 @@ class AnthropicProvider:
         client: anthropic.AsyncAnthropic | None = None,
         limiter: AdaptiveLimiter | None = None,
         use_global_limiter: bool = True,
+        budget: FleetBudget | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         max_retry_after: float = 120.0,
@@ -229,6 +235,8 @@ class AnthropicProvider:
         self._client = client
         self.limiter = limiter or AdaptiveLimiter(settings.options.concurrency)
         self._use_global = use_global_limiter
+        #: The fleet's shared rate budget (None: this worker's own limits only).
+        self.budget = budget
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._max_retry_after = max_retry_after
@@ -283,6 +291,8 @@ class AnthropicProvider:
         )
 
     async def aclose(self) -> None:
+        if self.budget is not None:
+            await self.budget.aclose()
         if self._owns_client:
             await self._client.close()
 
@@ -447,41 +457,52 @@ class AnthropicProvider:
             if sampling:
                 kwargs["extra_body"] = {"temperature": temperature}
 
-            async def call(kwargs: dict[str, Any] = kwargs, sampling: bool = sampling) -> _Answer:
+            tokens = estimate_input_tokens(kwargs) if self.budget is not None else None
+
+            async def call(
+                kwargs: dict[str, Any] = kwargs,
+                sampling: bool = sampling,
+                tokens: int | None = tokens,
+            ) -> _Answer:
                 try:
                     raw = await self._client.messages.with_raw_response.create(**kwargs)
                 except anthropic.BadRequestError as exc:
                     if sampling and "temperature" in str(exc.api_message or exc.message):
                         return _Answer(None, _SAMPLING_REJECTED)
                     raise
-                try:
-                    message: object = await raw.parse()
-                except json.JSONDecodeError:
-                    return _Answer(None, "response body is not JSON")
-                except Exception as exc:  # e.g. RecursionError: nested too deep to decode
-                    body = await raw.text()
-                    problem = f"answer could not be read ({type(exc).__name__})"
-                    return _Answer(None, problem, usage_in_text(body))
-                if not isinstance(message, Message):
-                    return _Answer(None, "response body is not a message")
-                return _Answer(message)
+                answer = await _read(raw)
+                if self.budget is not None and tokens is not None:
+                    usage = usage_of(answer.message) if answer.message else answer.usage
+                    counted = usage.input_tokens + usage.cache_creation_tokens
+                    self.budget.observe(raw.headers, drawn=tokens, counted=counted or None)
+                return answer
 
-            answer = await self._send("messages", call)
+            answer = await self._send("messages", call, tokens=tokens)
             if answer.problem != _SAMPLING_REJECTED:
                 return answer
             logger.warning("model %s rejects temperature; sending requests without it", self.model)
             self.send_temperature = False
 
-    async def _send(self, what: str, call: Callable[[], Awaitable[R]]) -> R:
-        """Run ``call`` with limiter slots, retrying transient failures with backoff."""
+    async def _send(
+        self, what: str, call: Callable[[], Awaitable[R]], *, tokens: int | None = None
+    ) -> R:
+        """Run ``call`` with limiter slots, retrying transient failures with backoff.
+
+        ``tokens``: a Messages call of about that many input tokens, drawn from
+        the fleet's budget (if any) before each attempt.
+        """
         attempts = max(1, self._settings.llm_max_retries + 1)
         for attempt in range(attempts):
             permits = await self._acquire()
             failure: _Failure | None = None
             try:
+                if tokens is not None and self.budget is not None:
+                    await self.budget.draw(tokens)
                 result = await call()
             except anthropic.APIStatusError as exc:
                 failure = self._classify(exc)
+                if tokens is not None and self.budget is not None:
+                    self._budget_refused(exc, failure, tokens)
             except anthropic.APITimeoutError:
                 failure = _Failure("request timed out", retryable=True, kind=ModelUnavailable)
             except anthropic.APIConnectionError as exc:
@@ -525,7 +546,7 @@ class AnthropicProvider:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _acquire(self) -> list[Permit]:
-        permits = [await self.limiter.acquire()]
+        permits = [await (scope_limiter() or self.limiter).acquire()]
         if self._use_global:
             try:
                 permits.append(await global_limiter(self._settings.global_concurrency).acquire())
@@ -533,6 +554,17 @@ class AnthropicProvider:
                 _release(permits, success=False)
                 raise
         return permits
+
+    def _budget_refused(
+        self, exc: anthropic.APIStatusError, failure: _Failure, tokens: int
+    ) -> None:
+        """A refused call: its headers correct the budget, a 429 pauses the fleet."""
+        assert self.budget is not None
+        rate_limited = exc.status_code == 429
+        # A refused request counted no tokens (a 429) or is not known to have.
+        self.budget.observe(exc.response.headers, drawn=tokens, counted=0)
+        if rate_limited and failure.retry_after is not None:
+            self.budget.pause(failure.retry_after)
 
     def _classify(self, exc: anthropic.APIStatusError) -> _Failure:
         status = exc.status_code
@@ -582,6 +614,39 @@ class AnthropicProvider:
         if len(text) > _MAX_ERROR_CHARS:
             text = text[: _MAX_ERROR_CHARS - 1] + "…"
         return text
+
+
+def estimate_input_tokens(params: Mapping[str, Any]) -> int:
+    """The input tokens a Messages request will count, at ~4 characters a token.
+
+    What the fleet's budget draws before the call; the answer's usage corrects it.
+    """
+    chars = len(json.dumps(params.get("tools") or []))
+    system = params.get("system") or ""
+    blocks = [{"text": system}] if isinstance(system, str) else system
+    chars += sum(len(str(b.get("text", ""))) for b in blocks if isinstance(b, dict))
+    for message in params.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(str(b.get("text", ""))) for b in content if isinstance(b, dict))
+    return max(1, -(-chars // 4))
+
+
+async def _read(raw: Any) -> _Answer:
+    """The message of a 2xx answer, or why its body is not one (and what it cost)."""
+    try:
+        message: object = await raw.parse()
+    except json.JSONDecodeError:
+        return _Answer(None, "response body is not JSON")
+    except Exception as exc:  # e.g. RecursionError: nested too deep to decode
+        body = await raw.text()
+        problem = f"answer could not be read ({type(exc).__name__})"
+        return _Answer(None, problem, usage_in_text(body))
+    if not isinstance(message, Message):
+        return _Answer(None, "response body is not a message")
+    return _Answer(message)
 
 
 def _cached_system(text: str) -> list[dict[str, Any]]:

@@ -5,9 +5,15 @@ hammering on at the same concurrency only buys more of them. The limiter
 halves its limit when one arrives, makes every caller wait out the server's
 ``retry-after`` before starting a new request, and then regains one slot per
 run of consecutive successes (additive increase, multiplicative decrease, as
-in TCP). One limiter per provider bounds a single import; a process-wide one
-(:func:`global_limiter`) bounds all imports that a worker runs at once and
-shares their cool-downs.
+in TCP).
+
+Two limiters gate every call: the one of the import the call is made for
+(:func:`llm_scope`, shared by every stage and lane job of that import running
+in the process: ``FULLPASS_CONCURRENCY`` or the import's ``concurrency``
+option), and the process-wide one (:func:`global_limiter`,
+``FULLPASS_GLOBAL_CONCURRENCY``) across all imports. A 429/529 halves the
+limit of the import that got it only; its ``retry-after`` cool-down is held by
+the process-wide limiter, so every import of the process waits it out.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import contextlib
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from types import TracebackType
 
 #: Permits held by the current task, innermost last (see ``AdaptiveLimiter.__aexit__``).
@@ -81,14 +88,17 @@ class AdaptiveLimiter:
         limit: int,
         *,
         increase_after: int = 20,
+        adaptive: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``adaptive=False``: a fixed limit that only shares cool-downs (no halving)."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
         if increase_after < 1:
             raise ValueError("increase_after must be at least 1")
         self.max_limit = limit
         self.increase_after = increase_after
+        self.adaptive = adaptive
         self._clock = clock
         self._limit = limit
         self._in_flight = 0
@@ -113,6 +123,15 @@ class AdaptiveLimiter:
     @property
     def waiting(self) -> int:
         return sum(1 for f in self._waiters if not f.done())
+
+    def resize(self, max_limit: int) -> None:
+        """Change the ceiling; a limit not lowered by overload moves with it."""
+        if max_limit < 1:
+            raise ValueError("limit must be at least 1")
+        at_ceiling = self._limit == self.max_limit
+        self.max_limit = max_limit
+        self._limit = max_limit if at_ceiling else min(self._limit, max_limit)
+        self._dispatch()
 
     def cooldown_remaining(self) -> float:
         return max(0.0, self._cooldown_until - self._clock())
@@ -180,7 +199,7 @@ class AdaptiveLimiter:
         self._successes = 0
         if retry_after is not None and retry_after > 0:
             self._cooldown_until = max(self._cooldown_until, self._clock() + retry_after)
-        if epoch is None or epoch == self._epoch:
+        if self.adaptive and (epoch is None or epoch == self._epoch):
             self._limit = max(1, self._limit // 2)
             self._epoch += 1
 
@@ -236,5 +255,52 @@ def global_limiter(limit: int) -> AdaptiveLimiter:
     loop = asyncio.get_running_loop()
     limiter = _GLOBAL.get(loop)
     if limiter is None:
-        limiter = _GLOBAL[loop] = AdaptiveLimiter(limit)
+        limiter = _GLOBAL[loop] = AdaptiveLimiter(limit, adaptive=False)
     return limiter
+
+
+@dataclass(slots=True)
+class _Shared:
+    limiter: AdaptiveLimiter
+    users: int = 0
+
+
+#: The limiter of each import with a job running, per event loop.
+_IMPORTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, _Shared]] = (
+    weakref.WeakKeyDictionary()
+)
+#: The limiter of the import the current task works for (see :func:`llm_scope`).
+_SCOPE: ContextVar[AdaptiveLimiter | None] = ContextVar("fullpass_llm_scope", default=None)
+
+
+@contextlib.contextmanager
+def llm_scope(import_id: Hashable, concurrency: int) -> Iterator[AdaptiveLimiter]:
+    """Run the block's LLM calls under the limiter of ``import_id``.
+
+    Every job of the same import running in this process (the stage's own and
+    its lanes) shares one limiter of ``concurrency`` slots; it lives while any
+    of them runs, so what it learnt from a 429 carries over between them. A
+    job that brings another ``concurrency`` (the import's options changed on
+    a requeue) resizes it. Must be entered with the event loop running.
+    """
+    loop = asyncio.get_running_loop()
+    shared_by_import = _IMPORTS.setdefault(loop, {})
+    shared = shared_by_import.get(import_id)
+    if shared is None:
+        shared = shared_by_import[import_id] = _Shared(AdaptiveLimiter(concurrency))
+    elif shared.limiter.max_limit != concurrency:
+        shared.limiter.resize(concurrency)
+    shared.users += 1
+    token = _SCOPE.set(shared.limiter)
+    try:
+        yield shared.limiter
+    finally:
+        _SCOPE.reset(token)
+        shared.users -= 1
+        if shared.users == 0 and shared_by_import.get(import_id) is shared:
+            del shared_by_import[import_id]
+
+
+def scope_limiter() -> AdaptiveLimiter | None:
+    """The limiter of the import the current task works for, if any."""
+    return _SCOPE.get()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from worker.llm.limiter import AdaptiveLimiter, global_limiter
+from worker.llm.limiter import AdaptiveLimiter, global_limiter, llm_scope, scope_limiter
 
 
 async def run_many(limiter: AdaptiveLimiter, n: int, hold: float = 0.01) -> int:
@@ -167,3 +167,58 @@ def test_invalid_limits_are_rejected() -> None:
         AdaptiveLimiter(0)
     with pytest.raises(ValueError, match="increase_after"):
         AdaptiveLimiter(1, increase_after=0)
+
+
+async def test_an_imports_jobs_share_one_limiter_while_any_runs() -> None:
+    assert scope_limiter() is None
+    with llm_scope("import-a", 3) as first:
+        assert scope_limiter() is first
+        with llm_scope("import-a", 3) as second, llm_scope("import-b", 3) as other:
+            assert second is first
+            assert other is not first
+            assert scope_limiter() is other
+        assert scope_limiter() is first
+    assert scope_limiter() is None
+    with llm_scope("import-a", 3) as later:
+        assert later is not first  # the last job left: a new run starts afresh
+
+
+async def test_jobs_of_one_import_in_separate_tasks_share_its_slots() -> None:
+    active = peak = 0
+
+    async def job() -> None:
+        nonlocal active, peak
+        with llm_scope("import-a", 2) as limiter:
+            for _ in range(3):
+                async with limiter:
+                    active += 1
+                    peak = max(peak, active)
+                    await asyncio.sleep(0.01)
+                    active -= 1
+
+    await asyncio.gather(job(), job(), job())
+    assert peak == 2
+
+
+async def test_overload_halves_only_its_imports_limit_and_cools_down_the_process() -> None:
+    process = AdaptiveLimiter(20, adaptive=False)
+    with llm_scope("a", 8) as a, llm_scope("b", 8) as b:
+        permits = [await a.acquire(), await process.acquire()]
+        for permit in permits:
+            permit.overloaded(0.2)
+            permit.release(success=False)
+        assert (a.limit, b.limit, process.limit) == (4, 8, 20)
+        started = time.monotonic()
+        async with b, process:  # import b waits out the process's cool-down
+            assert time.monotonic() - started >= 0.15
+
+
+async def test_a_new_concurrency_resizes_the_imports_limiter() -> None:
+    with llm_scope("a", 4) as limiter:
+        with llm_scope("a", 6):
+            assert (limiter.max_limit, limiter.limit) == (6, 6)
+        limiter.record_overload()
+        with llm_scope("a", 10):
+            assert (limiter.max_limit, limiter.limit) == (10, 3)  # earned back call by call
+        with llm_scope("a", 2):
+            assert (limiter.max_limit, limiter.limit) == (2, 2)
