@@ -94,6 +94,12 @@ async def run_worker(
         await pool.close()
         raise
     llm = make_provider(settings)
+    if settings.llm == "anthropic" and (unpriced := settings.unpriced_models()):
+        logger.warning(
+            "no list price known for %s: their cost is recorded as unknown "
+            "(give it with FULLPASS_MODEL_PRICES)",
+            ", ".join(unpriced),
+        )
     try:
         embedder = make_embedder(settings.embeddings)
     except BaseException:
