@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,33 @@ def test_status_shows_each_stage_model_cost_and_reused_chunks() -> None:
     text = console.export_text()
     assert SONNET in text and "$0.2500" in text and "(7 reused)" in text
     assert "claude-next-1" in text and "unknown" in text
+
+
+async def test_message_batches_are_booked_at_the_batch_discount(
+    db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any], fake_anthropic: FakeAnthropicServer
+) -> None:
+    settings = make_settings(
+        db_dsn,
+        tmp_path,
+        **fake_anthropic.settings_env(),
+        FULLPASS_MODEL_EXTRACT=SONNET,
+        FULLPASS_BATCH=True,
+        FULLPASS_BATCH_POLL_SECONDS=0.1,
+    )
+    deps = runner.Deps(settings=settings, store=Store(pool), llm=anthropic_provider(settings))
+    import_id = submit(settings, USER_A)
+    for _ in range(50):  # submit, park, collect
+        await drive(deps, db_dsn, import_id, until="extract")
+        if stage_rows(db_dsn, import_id)["extract"]["status"] == "done":
+            break
+        await asyncio.sleep(0.1)
+    extract = stage_rows(db_dsn, import_id)["extract"]
+    assert extract["output"]["batch"]["succeeded"] > 0
+    # Every chunk went through the batch.
+    assert not [r for r in fake_anthropic.calls("extract") if r.method != "BATCH"]
+    price = settings.price_of(SONNET)
+    assert price is not None
+    online = float(_cost([r for r in fake_anthropic.calls("extract")], price))
+    assert online > 0
+    assert float(extract["cost_usd"]) == pytest.approx(online * price.batch, abs=1e-5)
+    assert extract["cost_usd"] == progress_row(db_dsn, import_id)["spent_cost_usd"]
