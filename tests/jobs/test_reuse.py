@@ -14,8 +14,10 @@ from tests.fakes.fake_anthropic import FakeAnthropicServer
 from tests.fakes.plugin import anthropic_provider
 from tests.helpers import drive, gen_export, progress_row, stage_rows, submit
 from worker import runner
+from worker.errors import StaleJob
+from worker.llm.prompts import EXTRACTION_PROMPT_VERSION
 from worker.settings import Settings
-from worker.store import Store
+from worker.store import Fence, Store
 
 SPREAD = '{"page_chunks": 10, "fanout": 3, "pack_tokens": 400}'
 
@@ -173,3 +175,24 @@ async def test_a_spread_map_step_asks_only_for_the_new_chunks(
     assert asked and len(fake_anthropic.calls("extract")) - before <= len(asked)
     await drive(deps, db_dsn, second)
     assert progress_row(db_dsn, second)["status"] == "complete"
+
+
+async def test_reuse_is_fenced_like_every_checkpoint(
+    db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any], fake_anthropic: FakeAnthropicServer
+) -> None:
+    deps = _deps(_settings(db_dsn, tmp_path, fake_anthropic), pool)
+    first = await _extracted(deps, db_dsn, USER_A)
+    query(db_dsn, "select public.cancel_import(%s)", (first,))
+    second = submit(deps.settings, USER_A)
+    await drive(deps, db_dsn, second, until="chunk")
+    # A job whose lease is not the stage's (requeued, or handed to another worker).
+    stale = Store(pool).for_stage(Fence(second, 1, "extract", uuid.uuid4()))
+    with pytest.raises(StaleJob):
+        await stale.reuse_facts(deps.llm.model, EXTRACTION_PROMPT_VERSION, tier="medium", ids=None)
+    assert (
+        query(db_dsn, "select count(*) as n from chunk_facts where import_id = %s", (second,))[0][
+            "n"
+        ]
+        == 0
+    )
+    assert stage_rows(db_dsn, second)["extract"]["items_reused"] == 0
