@@ -14,6 +14,13 @@ the batch ids in its checkpoint row and parks itself (re-checked every
 batches end, their results are checkpointed like online ones and whatever
 they did not answer is extracted online.
 
+A re-import pays only for what is new: before anything is sent, each chunk
+whose content an earlier import of the same user extracted with the same
+model and prompt version (:data:`~worker.llm.prompts.EXTRACTION_PROMPT_VERSION`)
+gets a copy of those facts, checkpointed like an answer (fenced, attributed to
+the new chunk, naming their source) at no cost; only the rest is packed and
+sent.
+
 A long work list is spread over the fleet (:mod:`jobs.fanout`): the stage
 splits it into pages, lanes on any worker extract them
 (:func:`extract_lane`, with the same checkpoints), and the stage runs again
