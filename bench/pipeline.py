@@ -1,7 +1,7 @@
 """Benchmark: a full import against the fake Messages API with fixed latency.
 
     .venv/bin/python bench/pipeline.py [--conversations 2000] [--latency 0.2] [--concurrency 10]
-                                       [--keep]
+                                       [--reimport PCT] [--keep]
 
 Reports, for the extract (map) stage:
 - wall time against the ideal ``calls * latency / concurrency`` (target ≥ 0.9 of ideal);
@@ -9,8 +9,17 @@ Reports, for the extract (map) stage:
   chunk sent whole, one call per 2,000-token chunk, no caching): target ≤ 25 %;
 - recall of the planted facts (the ground truth of :mod:`tests.gen_export`) in
   the extracted facts (target ≥ 0.98) and decoys found (target 0);
-- estimated cost per 90 MB export at Haiku 4.5 list prices ($1 / $5 per
-  million input / output tokens; cache reads at 0.1x, batch at 0.5x).
+- estimated cost per 90 MB export: the import's ``cost_usd``, which the
+  pipeline books at each stage's model's list price (the settings' one table;
+  Haiku 4.5 by default: $1 / $5 per million input / output tokens, cache
+  reads at 0.1x, writes at 1.25x), and with the map step in batch mode (its
+  model's batch discount).
+
+With ``--reimport PCT`` the same user then imports the same history grown by
+PCT % new conversations (the generator's first conversations are the same for
+a seed), as people re-export: its cost against the first import's, the chunks
+reused, and whether its reduced facts and MEMORY are those of an import of the
+grown history by a user with nothing to reuse (run too, for the comparison).
 
 The worker (``fullpass worker``) and the fake server each run in a process of
 their own; the fake answers every call after the given latency, its own work
@@ -61,18 +70,18 @@ sys.path.insert(0, sys.argv[2])
 from tests.fakes.fake_anthropic import FakeAnthropicServer
 with FakeAnthropicServer(latency=float(sys.argv[1])) as fake:
     print(json.dumps(fake.settings_env()), flush=True)
-    sys.stdin.read()
-    served = [r for r in fake.requests if r.kind == "extract"]
-    times = [r.finished - r.started for r in served if r.finished is not None]
-    print(json.dumps({
-        "calls": len(served),
-        "cache_read": sum(r.cache_read_tokens for r in served),
-        "cache_write": sum(r.cache_creation_tokens for r in served),
-        "max_in_flight": fake.max_in_flight,
-        "mean_call_s": sum(times) / max(len(times), 1),
-    }), flush=True)
+    # One line in: the figures so far, one line out.
+    for _ in sys.stdin:
+        served = [r for r in fake.requests if r.kind == "extract"]
+        times = [r.finished - r.started for r in served if r.finished is not None]
+        print(json.dumps({
+            "calls": len(served),
+            "cache_read": sum(r.cache_read_tokens for r in served),
+            "cache_write": sum(r.cache_creation_tokens for r in served),
+            "max_in_flight": fake.max_in_flight,
+            "mean_call_s": sum(times) / max(len(times), 1),
+        }), flush=True)
 """
-PRICE_IN, PRICE_OUT, CACHE_READ_FACTOR, BATCH_FACTOR = 1.0, 5.0, 0.1, 0.5
 
 
 _WORD = re.compile(r"[^\W_]{3,}")
@@ -133,13 +142,14 @@ def naive_tokens(provider: AnthropicProvider, chunks: list[dict[str, Any]]) -> i
     return total
 
 
-def recall(dsn: str, facts_file: Path) -> dict[str, Any]:
+def recall(dsn: str, facts_file: Path, import_id: Any) -> dict[str, Any]:
     planted = json.loads(facts_file.read_text())
     by_conv: dict[str, list[frozenset[str]]] = {}
     for r in rows(
         dsn,
         "select c.conversation_id, f.facts from chunk_facts f"
-        " join conversation_chunks c on c.id = f.chunk_id",
+        " join conversation_chunks c on c.id = f.chunk_id where f.import_id = %s",
+        (import_id,),
     ):
         strings = by_conv.setdefault(r["conversation_id"], [])
         for items in r["facts"].values():
@@ -189,17 +199,129 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _place(work: Path, user: uuid.UUID, export: Path) -> str:
+    storage_path = f"user-imports/{user}/{export.name}"
+    target = work / "storage" / storage_path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(export.read_bytes())
+    return storage_path
+
+
+async def _import(
+    dsn: str, user: uuid.UUID, storage_path: str, worker: subprocess.Popen[bytes]
+) -> tuple[Any, float]:
+    """Insert an import and wait until it ends; its id and wall time."""
+    import_id = rows(
+        dsn,
+        "insert into imports (user_id, storage_path) values (%s, %s) returning id",
+        (user, storage_path),
+    )[0]["id"]
+    started = time.monotonic()
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        while True:
+            row = conn.execute(
+                "select status, error from imports where id = %s", (import_id,)
+            ).fetchone()
+            assert row is not None
+            if row["status"] in ("complete", "failed"):
+                break
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker exited with status {worker.returncode}")
+            await asyncio.sleep(0.2)
+    if row["status"] != "complete":
+        raise SystemExit(f"import failed: {row['error']}")
+    return import_id, time.monotonic() - started
+
+
+def _costs(dsn: str, import_id: Any) -> dict[str, Any]:
+    """What the import cost, as the pipeline booked it (each stage at its model's prices)."""
+    progress = rows(
+        dsn,
+        "select cost_usd, reused_chunks, extract_model from import_progress where import_id = %s",
+        (import_id,),
+    )[0]
+    stages = rows(
+        dsn,
+        "select stage, model, cost_usd, output from import_stages where import_id = %s"
+        " order by position",
+        (import_id,),
+    )
+    return {
+        "cost_usd": _float(progress["cost_usd"]),
+        "reused_chunks": progress["reused_chunks"],
+        "stages": {
+            r["stage"]: {"model": r["model"], "cost_usd": _float(r["cost_usd"])}
+            for r in stages
+            if r["model"] is not None
+        },
+        "extract_calls": next(r["output"].get("calls") for r in stages if r["stage"] == "extract"),
+    }
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+#: What a reduced fact holds beside what it says: the chunks it cites (their ids
+#: differ between imports), the date of the latest conversation found stating
+#: it and what it replaced (both follow which chunk a call's fact was cited to).
+_PROVENANCE = ("sources", "as_of", "previously")
+
+
+def _fact_set(dsn: str, import_id: Any) -> dict[str, Any]:
+    """The reduced facts, each with its date."""
+    output = rows(
+        dsn,
+        "select output from import_stages where import_id = %s and stage = 'reduce'",
+        (import_id,),
+    )[0]["output"]
+    return {
+        json.dumps(
+            [category, {k: v for k, v in fact.items() if k not in _PROVENANCE}], sort_keys=True
+        ): fact.get("as_of")
+        for category, facts in output["facts"].items()
+        for fact in facts
+    }
+
+
+def _compare(dsn: str, reused: Any, fresh: Any) -> dict[str, Any]:
+    """The reduced facts of an import that reused against those of one that did not."""
+    a, b = _fact_set(dsn, reused), _fact_set(dsn, fresh)
+    return {
+        "facts": len(a),
+        "facts_without_reuse": len(b),
+        "same_facts": set(a) == set(b),
+        "only_with_reuse": len(set(a) - set(b)),
+        "only_without_reuse": len(set(b) - set(a)),
+        "dated_differently": sum(1 for k in set(a) & set(b) if a[k] != b[k]),
+        "same_memory": _memory(dsn, reused) == _memory(dsn, fresh),
+    }
+
+
+def _memory(dsn: str, import_id: Any) -> str:
+    return str(
+        rows(
+            dsn,
+            "select output ->> 'memory_md' as md from import_stages"
+            " where import_id = %s and stage = 'memory'",
+            (import_id,),
+        )[0]["md"]
+    )
+
+
 async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, Any]:
     export, facts = work / "export.zip", work / "facts.json"
     # Set-up, before anything is timed.
     options = Options(conversations=args.conversations, seed=args.seed)
     write_truth(facts, write_export(export, options, zipped=True))
+    grown = work / "grown" / "export.zip"
+    grown_conversations = round(args.conversations * (1 + args.reimport / 100))
+    if args.reimport:
+        grown.parent.mkdir()
+        write_export(grown, Options(conversations=grown_conversations, seed=args.seed), zipped=True)
     migrate.upgrade(dsn)
-    user = uuid.uuid4()
-    storage_path = f"user-imports/{user}/export.zip"
-    target = work / "storage" / storage_path
-    target.parent.mkdir(parents=True)
-    target.write_bytes(export.read_bytes())
+    user, control = uuid.uuid4(), uuid.uuid4()
+    storage_path = _place(work, user, export)
 
     fake = subprocess.Popen(  # noqa: ASYNC220 (started before anything is timed)
         [sys.executable, "-c", FAKE_SERVER, str(args.latency), str(REPO)],
@@ -209,6 +331,14 @@ async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, 
     )
     assert fake.stdin is not None and fake.stdout is not None
     fake_env = json.loads(fake.stdout.readline())
+
+    def served_so_far() -> dict[str, Any]:
+        assert fake.stdin is not None and fake.stdout is not None
+        fake.stdin.write("\n")
+        fake.stdin.flush()
+        return dict(json.loads(fake.stdout.readline()))
+
+    reimport: dict[str, Any] | None = None
     try:
         env: dict[str, Any] = {
             "DATABASE_URL": dsn,
@@ -231,53 +361,52 @@ async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, 
                 if worker.poll() is not None:
                     raise SystemExit(f"the worker exited with status {worker.returncode}")
                 await asyncio.sleep(0.1)
-            import_id = rows(
+            import_id, total_wall = await _import(dsn, user, storage_path, worker)
+            served = served_so_far()
+            # Read before a re-import replaces the user's chunks.
+            chunks = rows(
                 dsn,
-                "insert into imports (user_id, storage_path) values (%s, %s) returning id",
-                (user, storage_path),
-            )[0]["id"]
-            started = time.monotonic()
-            with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
-                while True:
-                    row = conn.execute(
-                        "select status, error from imports where id = %s", (import_id,)
-                    ).fetchone()
-                    assert row is not None
-                    if row["status"] in ("complete", "failed"):
-                        break
-                    if worker.poll() is not None:
-                        raise SystemExit(f"the worker exited with status {worker.returncode}")
-                    await asyncio.sleep(0.2)
+                "select id::text as id, conversation_id, coalesce(title, '') as title, content"
+                " from conversation_chunks where import_id = %s",
+                (import_id,),
+            )
+            found = recall(dsn, facts, import_id)
+            if args.reimport:
+                second, second_wall = await _import(dsn, user, _place(work, user, grown), worker)
+                fresh, _ = await _import(dsn, control, _place(work, control, grown), worker)
+                first_costs, second_costs = _costs(dsn, import_id), _costs(dsn, second)
+                fresh_costs = _costs(dsn, fresh)
+                reimport = {
+                    "conversations": grown_conversations,
+                    "new_conversations_pct": args.reimport,
+                    "wall_s": round(second_wall, 2),
+                    "first": first_costs,
+                    "second": second_costs,
+                    "without_reuse": fresh_costs,
+                    "cost_vs_first": round(second_costs["cost_usd"] / first_costs["cost_usd"], 4)
+                    if second_costs["cost_usd"] and first_costs["cost_usd"]
+                    else None,
+                    "against_without_reuse": _compare(dsn, second, fresh),
+                }
         finally:
             worker.terminate()
             worker.wait(timeout=60)
-        total_wall = time.monotonic() - started
-        if row["status"] != "complete":
-            raise SystemExit(f"import failed: {row['error']}")
         provider = AnthropicProvider(settings)
-        chunks = rows(
-            dsn,
-            "select id::text as id, conversation_id, coalesce(title, '') as title, content"
-            " from conversation_chunks where import_id = %s",
-            (import_id,),
-        )
         naive = naive_tokens(provider, chunks)
         await provider.aclose()
-        fake.stdin.close()
-        served = json.loads(fake.stdout.readline())
-        fake.wait(timeout=30)
         extract_calls = served["calls"]
     finally:
-        if fake.poll() is None:
-            fake.kill()
+        if fake.stdin is not None:
+            fake.stdin.close()
+        fake.wait(timeout=30)
 
     stage = rows(
         dsn,
-        "select started_at, finished_at, input_tokens, output_tokens from import_stages"
-        " where import_id = %s and stage = 'extract'",
+        "select started_at, finished_at, input_tokens, output_tokens, cost_usd, model"
+        " from import_stages where import_id = %s and stage = 'extract'",
         (import_id,),
     )[0]
-    imp = rows(dsn, "select * from imports where id = %s", (import_id,))[0]
+    cost = rows(dsn, "select cost_usd from import_progress where import_id = %s", (import_id,))[0]
     extract_s = (stage["finished_at"] - stage["started_at"]).total_seconds()
     ideal_s = extract_calls * args.latency / args.concurrency
     cache_read, cache_write = served["cache_read"], served["cache_write"]
@@ -285,18 +414,15 @@ async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, 
     mb = export.stat().st_size / 1e6
     with zipfile.ZipFile(export) as z:
         json_mb = z.getinfo("conversations.json").file_size / 1e6
-    billed_in = stage["input_tokens"] + cache_write * 1.25 + cache_read * CACHE_READ_FACTOR
+    price = settings.price_of(stage["model"])
+    # Cache reads at the model's read price, as a share of the input price.
+    read_factor = (price.cache_read or price.input * 0.1) / price.input if price else 0.1
+    billed_in = stage["input_tokens"] + cache_write * 1.25 + cache_read * read_factor
     per_mb = 90 / json_mb
-    cost_online = (
-        (
-            (imp["input_tokens"] - stage["input_tokens"] + billed_in) * PRICE_IN
-            + imp["output_tokens"] * PRICE_OUT
-        )
-        / 1e6
-        * per_mb
-    )
-    extract_cost = (billed_in * PRICE_IN + stage["output_tokens"] * PRICE_OUT) / 1e6 * per_mb
-    cost_batch = cost_online - extract_cost * (1 - BATCH_FACTOR)
+    cost_online = cost_batch = None
+    if cost["cost_usd"] is not None and stage["cost_usd"] is not None and price is not None:
+        cost_online = float(cost["cost_usd"]) * per_mb
+        cost_batch = cost_online - float(stage["cost_usd"]) * per_mb * (1 - price.batch)
     result: dict[str, Any] = {
         "date": date.today().isoformat(),
         "conversations": args.conversations,
@@ -307,6 +433,7 @@ async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, 
         "concurrency": args.concurrency,
         "total_wall_s": round(total_wall, 2),
         "extract": {
+            "model": stage["model"],
             "calls": extract_calls,
             "wall_s": round(extract_s, 2),
             "ideal_s": round(ideal_s, 2),
@@ -331,10 +458,17 @@ async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, 
             "input_tokens_per_json_mb": round(prompt_tokens / json_mb),
             "naive_input_tokens_per_json_mb": round(naive / json_mb),
             "output_tokens": stage["output_tokens"],
+            "cost_usd": _float(stage["cost_usd"]),
         },
-        "facts": recall(dsn, facts),
-        "cost_per_90mb_usd": {"online": round(cost_online, 2), "batch": round(cost_batch, 2)},
+        "facts": found,
+        "cost_usd": _float(cost["cost_usd"]),
+        "cost_per_90mb_usd": {
+            "online": round(cost_online, 2) if cost_online is not None else None,
+            "batch": round(cost_batch, 2) if cost_batch is not None else None,
+        },
     }
+    if reimport is not None:
+        result["reimport"] = reimport
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -348,6 +482,13 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=0.2)
     p.add_argument("--concurrency", type=int, default=10)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--reimport",
+        type=float,
+        default=0,
+        metavar="PCT",
+        help="then import the same history with PCT %% new conversations, as the same user",
+    )
     p.add_argument("--keep", action="store_true", help="keep the database and scratch files")
     result = asyncio.run(run(p.parse_args()))
     print(json.dumps(result, indent=2))

@@ -80,10 +80,11 @@ below) and asks for confirmation on stdin (``--yes`` skips it; with nothing
 to read on stdin it refuses), then runs the configured model
 (``FULLPASS_MODEL``, ``ANTHROPIC_BASE_URL``).
 
-**Prices** are Haiku 4.5 list prices, the table ``bench/pipeline.py`` uses:
-$1 / $5 per million input / output tokens, cache reads at 0.1x and cache
-writes at 1.25x of input. They are kept in one place here (:data:`PRICES`);
-the settings have no price table yet (read it from there once they do).
+**Prices** are each stage's model's list prices, from the settings' one
+table (:data:`worker.settings.MODEL_PRICES`, ``FULLPASS_MODEL_PRICES`` for
+others): Haiku 4.5 by default, $1 / $5 per million input / output tokens,
+cache reads at 0.1x and cache writes at 1.25x of input. Each stage calls its
+own model (``FULLPASS_MODEL_EXTRACT``, ``_REDUCE``, ``_MEMORY``).
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ from tests.fakes.fake_anthropic import FakeAnthropicServer  # noqa: E402
 from tests.fakes.memory_store import MemoryStore, stage_context  # noqa: E402
 from tests.fakes.rewording import Rewording, iso_dates  # noqa: E402
 from tests.gen_export import generate  # noqa: E402
+from worker.llm import for_stage  # noqa: E402
 from worker.llm.anthropic_provider import AnthropicProvider  # noqa: E402
 from worker.llm.base import ExtractionInput, LLMProvider, LLMResult, Usage  # noqa: E402
 from worker.llm.prompts import (  # noqa: E402
@@ -151,29 +153,18 @@ GENERATED_SEED: Final = 11
 GENERATED_FACT_RATE: Final = 0.35
 
 
-@dataclass(frozen=True, slots=True)
-class Prices:
-    """USD per million tokens, and the multipliers of cached input."""
-
-    model: str
-    input: float
-    output: float
-    cache_read_factor: float
-    cache_write_factor: float
-
-    def cost(self, usage: Usage) -> float:
-        billed_in = (
-            usage.input_tokens
-            + usage.cache_read_tokens * self.cache_read_factor
-            + usage.cache_creation_tokens * self.cache_write_factor
-        )
-        return (billed_in * self.input + usage.output_tokens * self.output) / 1e6
+def stage_prices(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The model each stage calls and its list prices (the settings' table; None: unknown)."""
+    out: dict[str, dict[str, Any]] = {}
+    for stage in ("extract", "reduce", "memory"):
+        model = settings.stage_model(stage)
+        price = settings.price_of(model)
+        out[stage] = {"model": model, "usd_per_mtok": price.model_dump() if price else None}
+    return out
 
 
-#: The one price table of the harness: Haiku 4.5 list prices (as in bench/pipeline.py).
-PRICES: Final = Prices(
-    "claude-haiku-4-5", input=1.0, output=5.0, cache_read_factor=0.1, cache_write_factor=1.25
-)
+def _usd(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 # --------------------------------------------------------------------------- the set
@@ -503,9 +494,23 @@ class CallStore(MemoryStore):
     calls: list[list[str]] = field(default_factory=list)
 
     async def checkpoint_facts(
-        self, rows: Sequence[FactsRow], usage: Usage, model: str, error: str | None = None
+        self,
+        rows: Sequence[FactsRow],
+        usage: Usage,
+        model: str,
+        error: str | None = None,
+        *,
+        requested_model: str | None = None,
+        prompt_version: str | None = None,
     ) -> None:
-        await super().checkpoint_facts(rows, usage, model, error)
+        await super().checkpoint_facts(
+            rows,
+            usage,
+            model,
+            error,
+            requested_model=requested_model,
+            prompt_version=prompt_version,
+        )
         if error is None and usage.calls:  # chunks without user text are checkpointed callless
             self.calls.append([row.chunk_id for row in rows])
 
@@ -526,27 +531,49 @@ class Run:
 
 
 async def run_pipeline(
-    eval_set: EvalSet, llm: LLMProvider, workdir: Path, *, options: dict[str, Any], full: bool
+    eval_set: EvalSet,
+    llm: LLMProvider,
+    workdir: Path,
+    *,
+    options: dict[str, Any],
+    full: bool,
+    settings: Settings | None = None,
 ) -> Run:
-    """The map step over the set's chunks; with ``full``, reduce and MEMORY after it."""
+    """The map step over the set's chunks; with ``full``, reduce and MEMORY after it.
+
+    Each stage calls its own model (``FULLPASS_MODEL_<STAGE>`` of ``settings``).
+    """
+    settings = settings or Settings()
+
+    def model_for(stage: str) -> LLMProvider:
+        return for_stage(llm, settings, stage)
+
     store, conversations = build_store(eval_set.conversations, workdir)
     run = Run(store, conversations)
     chunked = ChunkOutput(conversations=conversations, chunks=len(store.chunks), tiers=["medium"])
     before = store.usage
     out = (
-        await extract(stage_context("extract", store, llm, outputs=[chunked], options=options))
+        await extract(
+            stage_context(
+                "extract", store, model_for("extract"), outputs=[chunked], options=options
+            )
+        )
     ).final_output()
     assert isinstance(out, ExtractOutput), out
     run.extracted, run.usage["extract"] = out, _minus(store.usage, before)
     if not full:
         return run
     before = store.usage
-    reduced = (await reduce(stage_context("reduce", store, llm, options=options))).final_output()
+    reduced = (
+        await reduce(stage_context("reduce", store, model_for("reduce"), options=options))
+    ).final_output()
     assert isinstance(reduced, ReduceOutput), reduced
     run.reduced, run.usage["reduce"] = reduced, _minus(store.usage, before)
     before = store.usage
     written = (
-        await memory(stage_context("memory", store, llm, outputs=[reduced], options=options))
+        await memory(
+            stage_context("memory", store, model_for("memory"), outputs=[reduced], options=options)
+        )
     ).final_output()
     assert isinstance(written, MemoryOutput), written
     run.memory, run.usage["memory"] = written, _minus(store.usage, before)
@@ -560,6 +587,9 @@ def _minus(after: Usage, before: Usage) -> Usage:
         after.cache_read_tokens - before.cache_read_tokens,
         after.cache_creation_tokens - before.cache_creation_tokens,
         after.calls - before.calls,
+        None
+        if after.cost_usd is None or before.cost_usd is None
+        else after.cost_usd - before.cost_usd,
     )
 
 
@@ -750,14 +780,22 @@ class Estimate:
     calls: int
     input_tokens: int
     output_tokens: int
-    cost_usd: float
+    #: None: a model without a known price (FULLPASS_MODEL_PRICES gives it).
+    cost_usd: float | None
     #: 2 when the map step runs again for the attribution baseline.
     passes: int
+    #: The models priced (extraction, then MEMORY when another).
+    models: str = ""
 
     def describe(self) -> str:
         again = "; the map step runs twice, for the attribution baseline" if self.passes > 1 else ""
+        cost = (
+            "unknown (a model without a price: set FULLPASS_MODEL_PRICES)"
+            if self.cost_usd is None
+            else f"${self.cost_usd:.2f}"
+        )
         return (
-            f"Estimated cost: ${self.cost_usd:.2f} at {PRICES.model} list prices "
+            f"Estimated cost: {cost} at {self.models} list prices "
             f"({self.calls} calls, ~{self.input_tokens:,} input and ~{self.output_tokens:,} "
             f"output tokens{again})."
         )
@@ -772,7 +810,9 @@ OUTPUT_MEMORY: Final = 4000
 HEADER_CHARS: Final = 56
 
 
-def estimate(eval_set: EvalSet, *, pack_tokens: int, baseline: bool) -> Estimate:
+def estimate(
+    eval_set: EvalSet, *, pack_tokens: int, baseline: bool, settings: Settings | None = None
+) -> Estimate:
     """Calls and tokens of a run, from the condensed transcripts the map step packs.
 
     Packing follows the map step: chunks in database order, a chunk's overlap
@@ -813,17 +853,24 @@ def estimate(eval_set: EvalSet, *, pack_tokens: int, baseline: bool) -> Estimate
     ]
     passes = 2 if baseline else 1
     memory_in = -(-len(MEMORY_SYSTEM) // 4) + OUTPUT_PER_EXTRACTION * len(packs)
-    usage = Usage(
-        input_tokens=sum(-(-chars // 4) for chars in per_call) * passes + memory_in,
-        output_tokens=OUTPUT_PER_EXTRACTION * len(packs) * passes + OUTPUT_MEMORY,
-        calls=len(packs) * passes + 1,
+    settings = settings or Settings()
+    models = [settings.stage_model("extract"), settings.stage_model("memory")]
+    mapped = Usage(
+        input_tokens=sum(-(-chars // 4) for chars in per_call) * passes,
+        output_tokens=OUTPUT_PER_EXTRACTION * len(packs) * passes,
+        calls=len(packs) * passes,
+    ).priced(settings.price_of(models[0]))
+    written = Usage(input_tokens=memory_in, output_tokens=OUTPUT_MEMORY, calls=1).priced(
+        settings.price_of(models[1])
     )
+    usage = mapped + written
     return Estimate(
         calls=usage.calls,
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
-        cost_usd=round(PRICES.cost(usage), 4),
+        cost_usd=_usd(usage.cost_usd, 4),
         passes=passes,
+        models=" / ".join(dict.fromkeys(models)),
     )
 
 
@@ -912,10 +959,18 @@ def table(result: dict[str, Any]) -> str:
             f"{u['input_tokens']:,} in + {u['cache_read_tokens']:,} cache read + "
             f"{u['cache_creation_tokens']:,} cache write, {u['output_tokens']:,} out",
         ),
-        ("cost", f"${result['cost_usd']['total']:.4f} at {PRICES.model} list prices"),
+        ("cost", _cost_line(result)),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _cost_line(result: dict[str, Any]) -> str:
+    models = " / ".join(dict.fromkeys(p["model"] for p in result["prices"].values()))
+    total = result["cost_usd"]["total"]
+    if total is None:
+        return f"unknown: a model without a price ({models}; set FULLPASS_MODEL_PRICES)"
+    return f"${total:.4f} at {models} list prices"
 
 
 def _pct(value: float | None, note: str) -> str:
@@ -940,6 +995,7 @@ async def evaluate(
     options: dict[str, Any],
     seeds: Sequence[int] = (0,),
     reseed: Callable[[int], None] | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline over the set and score it.
 
@@ -958,13 +1014,15 @@ async def evaluate(
         for seed in seeds:
             if reseed is not None:
                 reseed(seed)
-            this = await run_pipeline(eval_set, llm, workdir, options=options, full=run is None)
+            this = await run_pipeline(
+                eval_set, llm, workdir, options=options, full=run is None, settings=settings
+            )
             run = run or this
             cited.append(attribution(this, eval_set))
             if baseline:
                 only_words = WordsOnly(llm)
                 words = await run_pipeline(
-                    eval_set, only_words, workdir, options=options, full=False
+                    eval_set, only_words, workdir, options=options, full=False, settings=settings
                 )
                 plain.append(attribution(words, eval_set))
     assert run is not None and run.extracted is not None
@@ -999,10 +1057,10 @@ async def evaluate(
             "total": asdict(total),
         },
         "cost_usd": {
-            **{stage: round(PRICES.cost(u), 5) for stage, u in usage.items()},
-            "total": round(PRICES.cost(total), 5),
+            **{stage: _usd(u.cost_usd, 5) for stage, u in usage.items()},
+            "total": _usd(total.cost_usd, 5),
         },
-        "prices": asdict(PRICES),
+        "prices": stage_prices(settings or Settings()),
         "memory_md": run.memory.memory_md if run.memory else "",
     }
 
@@ -1103,7 +1161,9 @@ def main(
     key = settings.anthropic_api_key
     if key is not None and key.get_secret_value():
         baseline = bool(args.baseline)
-        estimated = estimate(eval_set, pack_tokens=options["pack_tokens"], baseline=baseline)
+        estimated = estimate(
+            eval_set, pack_tokens=options["pack_tokens"], baseline=baseline, settings=settings
+        )
         where = settings.anthropic_base_url or "the Anthropic API"
         print(f"Real model {settings.model} at {where}.", file=out)
         if not confirm(
@@ -1166,6 +1226,7 @@ async def _evaluate_with(
             options={"pack_tokens": pack_tokens, "concurrency": concurrency},
             seeds=list(seeds),
             reseed=reseed,
+            settings=settings,
         )
     finally:
         await provider.aclose()

@@ -73,7 +73,7 @@ async def embed(ctx: StageContext) -> StageResult:
             embedded_now=state.embedded,
             calls=state.calls,
             tokens=state.tokens,
-            cost_usd=round(state.tokens * price / 1e6, 6) if price is not None else None,
+            cost_usd=_cost(state.tokens, price),
         )
     )
 
@@ -179,3 +179,10 @@ async def _embed_chunks(
     if failures:
         raise failures[0]
     await ctx.store.report_progress(state.done, total)
+
+
+def _cost(tokens: int, usd_per_million: float | None) -> float | None:
+    """What ``tokens`` cost at the model's list price (None: no price known, and tokens spent)."""
+    if not tokens:
+        return 0.0
+    return round(tokens * usd_per_million / 1e6, 6) if usd_per_million is not None else None

@@ -14,6 +14,13 @@ the batch ids in its checkpoint row and parks itself (re-checked every
 batches end, their results are checkpointed like online ones and whatever
 they did not answer is extracted online.
 
+A re-import pays only for what is new: before anything is sent, each chunk
+whose content an earlier import of the same user extracted with the same
+model and prompt version (:data:`~worker.llm.prompts.EXTRACTION_PROMPT_VERSION`)
+gets a copy of those facts, checkpointed like an answer (fenced, attributed to
+the new chunk, naming their source) at no cost; only the rest is packed and
+sent.
+
 A long work list is spread over the fleet (:mod:`jobs.fanout`): the stage
 splits it into pages, lanes on any worker extract them
 (:func:`extract_lane`, with the same checkpoints), and the stage runs again
@@ -53,6 +60,7 @@ from worker.llm.base import (
     UnusableAnswer,
     Usage,
 )
+from worker.llm.prompts import EXTRACTION_PROMPT_VERSION
 from worker.redact import error_text
 from worker.store import ChunkRef, ChunkText, FactsRow
 
@@ -82,6 +90,9 @@ async def extract(ctx: StageContext) -> StageResult:
         )
         return StageResult(Skipped(skipped=reason), skip=dict.fromkeys(MEMORY_STAGES[1:], reason))
     tier = chunked.extraction_tier
+    # What an earlier import of the user's extracted from the same content, with
+    # the same model and prompt, is copied: only the rest is sent.
+    await ctx.store.reuse_facts(ctx.llm.model, EXTRACTION_PROMPT_VERSION, tier=tier, ids=None)
     todo, total = await ctx.store.extraction_work(tier)
     state = _MapState(completed=total - len(todo))
     await ctx.store.report_progress(state.completed, total)
@@ -115,6 +126,7 @@ async def extract(ctx: StageContext) -> StageResult:
             extracted_now=state.extracted,
             skipped_no_user_text=state.skipped,
             failed_chunks=summary.failed,
+            reused=summary.reused,
             facts=summary.facts,
             input_tokens=summary.input_tokens,
             output_tokens=summary.output_tokens,
@@ -278,7 +290,7 @@ async def _groups(
             size += len(transcript)
         if empty:
             # One write for the page's chunks that have nothing to extract.
-            await ctx.store.checkpoint_facts(empty, Usage(), _NO_USER_TEXT)
+            await ctx.store.checkpoint_facts(empty, Usage(), _NO_USER_TEXT, **_reusable(ctx))
             state.skipped += len(empty)
             state.completed += len(empty)
     if pending:
@@ -410,7 +422,9 @@ async def _extract_group(
         result = await ctx.llm.extract_facts(group.item)
     except UnusableAnswer as exc:
         rows = [FactsRow(m.chunk_id, m.content_hash, Facts()) for m in group.members]
-        return ctx.store.checkpoint_facts(rows, exc.usage, ctx.llm.model, error_text(exc))
+        return ctx.store.checkpoint_facts(
+            rows, exc.usage, ctx.llm.model, error_text(exc), **_reusable(ctx)
+        )
     except ModelUnavailable as exc:
         state.transient_failures += len(group.members)
         state.last_transient = error_text(exc)
@@ -434,7 +448,14 @@ async def _record(
     rows = [
         FactsRow(m.chunk_id, m.content_hash, f) for m, f in zip(group.members, shares, strict=True)
     ]
-    await ctx.store.checkpoint_facts(rows, result.usage, result.model or ctx.llm.model)
+    await ctx.store.checkpoint_facts(
+        rows, result.usage, result.model or ctx.llm.model, **_reusable(ctx)
+    )
+
+
+def _reusable(ctx: StageContext) -> dict[str, str]:
+    """What a later import of the user's may reuse a checkpoint by: the model asked, the prompt."""
+    return {"requested_model": ctx.llm.model, "prompt_version": EXTRACTION_PROMPT_VERSION}
 
 
 def without_saved_facts(facts: Facts, saved: Facts) -> Facts:

@@ -30,6 +30,8 @@ class StageOutput(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     stage: ClassVar[str]
+    #: Whether the output's ``cost_usd`` is the stage's cost (not booked call by call).
+    books_cost: ClassVar[bool] = False
 
     def import_counts(self) -> dict[str, int]:
         """Figures this output gives the import row (``conversation_count``...)."""
@@ -109,6 +111,8 @@ class ExtractOutput(StageOutput):
     extracted_now: int
     skipped_no_user_text: int
     failed_chunks: int
+    #: Chunks whose facts an earlier import of the user's had (no call made).
+    reused: int = 0
     facts: int
     input_tokens: int
     output_tokens: int
@@ -132,6 +136,7 @@ class ReduceOutput(StageOutput):
 
 class EmbedOutput(StageOutput):
     stage: ClassVar[str] = "embed"
+    books_cost: ClassVar[bool] = True
     provider: str
     model: str
     dimension: int

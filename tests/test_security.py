@@ -321,6 +321,7 @@ SERVER_COLUMNS: dict[str, Any] = {
     "spent_output_tokens": 0,
     "repairs": 0,
     "embedding_tokens": 0,
+    "spent_cost_usd": 0,
 }
 
 

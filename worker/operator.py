@@ -244,7 +244,7 @@ def import_panel(progress: dict[str, Any], stages: list[dict[str, Any]]) -> Grou
     bar = Table.grid()
     bar.add_row(ProgressBar(total=100, completed=pct, width=60))
     table = Table(show_edge=False, pad_edge=False, box=None)
-    for col in ("stage", "status", "items", "attempts", "tokens in/out", "error"):
+    for col in ("stage", "status", "items", "attempts", "model", "tokens in/out", "cost", "error"):
         table.add_column(col)
     for s in stages:
         items = (
@@ -252,24 +252,40 @@ def import_panel(progress: dict[str, Any], stages: list[dict[str, Any]]) -> Grou
             if s["items_total"]
             else str(s["items_done"] or "")
         )
+        if s.get("items_reused"):
+            items += f" ({s['items_reused']} reused)"
         table.add_row(
             s["stage"],
             f"[{_STATUS_STYLE.get(s['status'], 'default')}]{s['status']}[/]",
             items,
             str(s["attempts"]),
+            s.get("model") or "",
             f"{s['input_tokens']}/{s['output_tokens']}",
+            usd(s.get("cost_usd"), s["input_tokens"] + s["output_tokens"] > 0),
             (s["error"] or "")[:80],
         )
     parts: list[Any] = [head, bar, table]
+    if "cost_usd" in progress:
+        cost = f"cost {usd(progress['cost_usd'])}"
+        if progress.get("spent_cost_usd") != progress["cost_usd"]:
+            cost += f" (every run: {usd(progress.get('spent_cost_usd'))})"
+        parts.append(cost)
     if progress["error"]:
         parts.append(f"[red]error:[/] {progress['error']}")
     return Group(*parts)
 
 
+def usd(value: Any, spent: bool = True) -> str:
+    """A cost as shown: dollars, or "unknown" (a model without a price)."""
+    if value is None:
+        return "unknown" if spent else ""
+    return f"${float(value):.4f}"
+
+
 def imports_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="imports")
     table.add_column("import", no_wrap=True, min_width=36)
-    for col in ("user", "status", "stage", "progress", "tokens in/out", "created"):
+    for col in ("user", "status", "stage", "progress", "tokens in/out", "cost", "created"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -279,6 +295,7 @@ def imports_table(rows: list[dict[str, Any]]) -> Table:
             r["stage"] or "",
             f"{float(r['progress'] or 0):5.1f}%",
             f"{r['input_tokens']}/{r['output_tokens']}",
+            usd(r.get("cost_usd")),
             f"{r['created_at']:%Y-%m-%d %H:%M}",
         )
     return table

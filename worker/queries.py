@@ -27,7 +27,8 @@ WITH imp AS (
 ), st AS (
     UPDATE public.import_stages s
        SET status = 'running', attempts = s.attempts + 1, error = NULL, lease = gen_random_uuid(),
-           started_at = coalesce(s.started_at, now()), finished_at = NULL, updated_at = now()
+           started_at = coalesce(s.started_at, now()), finished_at = NULL, updated_at = now(),
+           model = coalesce(%(model)s, s.model)
       FROM imp
      WHERE s.import_id = imp.id AND s.stage = %(stage)s AND s.status NOT IN ('done', 'skipped')
     RETURNING s.attempts, s.lease
@@ -104,7 +105,10 @@ FINISH_STAGE: LiteralString = """
 UPDATE public.import_stages
    SET status = %(status)s, finished_at = clock_timestamp(), updated_at = now(), error = NULL,
        output = %(output)s,
-       items_done = coalesce(items_total, items_done)
+       items_done = coalesce(items_total, items_done),
+       model = coalesce(%(model)s, model),
+       -- A stage whose cost is not booked call by call (embed) gives it here.
+       cost_usd = CASE WHEN %(set_cost)s THEN %(cost_usd)s::numeric ELSE cost_usd END
  WHERE import_id = %(import_id)s AND stage = %(stage)s
 """
 
@@ -353,7 +357,8 @@ WITH cur AS (
 ), st AS (
     UPDATE public.import_stages s
        SET input_tokens = s.input_tokens + %(input_tokens)s,
-           output_tokens = s.output_tokens + %(output_tokens)s, updated_at = now()
+           output_tokens = s.output_tokens + %(output_tokens)s,
+           cost_usd = s.cost_usd + %(cost_usd)s::numeric, updated_at = now()
       FROM cur
      WHERE s.import_id = cur.import_id AND s.stage = %(stage)s
 )
@@ -364,6 +369,7 @@ UPDATE public.imports i
            + CASE WHEN EXISTS (SELECT 1 FROM cur) THEN %(output_tokens)s ELSE 0 END,
        spent_input_tokens = i.spent_input_tokens + %(input_tokens)s,
        spent_output_tokens = i.spent_output_tokens + %(output_tokens)s,
+       spent_cost_usd = i.spent_cost_usd + %(cost_usd)s::numeric,
        updated_at = now()
  WHERE i.id = %(import_id)s
 """
@@ -442,9 +448,11 @@ WITH current AS (
        AND public.fullpass_holds(%(import_id)s, %(generation)s, %(stage)s, %(lease)s)
 ), written AS (
     INSERT INTO public.chunk_facts (import_id, chunk_id, user_id, content_hash, facts, fact_count,
-                                    model, input_tokens, output_tokens, cache_read_tokens, error)
+                                    model, input_tokens, output_tokens, cache_read_tokens, error,
+                                    requested_model, prompt_version)
     SELECT c.id, r.chunk_id, c.user_id, r.content_hash, r.facts, r.fact_count, %(model)s,
-           r.input_tokens, r.output_tokens, r.cache_read_tokens, %(error)s::text
+           r.input_tokens, r.output_tokens, r.cache_read_tokens, %(error)s::text,
+           %(requested_model)s, %(prompt_version)s
       FROM current c
      CROSS JOIN jsonb_to_recordset(%(rows)s::jsonb) AS r(
            chunk_id uuid, content_hash text, facts jsonb, fact_count int,
@@ -454,13 +462,16 @@ WITH current AS (
            fact_count = EXCLUDED.fact_count, model = EXCLUDED.model,
            input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
            cache_read_tokens = EXCLUDED.cache_read_tokens, error = EXCLUDED.error,
-           created_at = now()
+           requested_model = EXCLUDED.requested_model,
+           prompt_version = EXCLUDED.prompt_version,
+           reused_from_import = NULL, reused_from_chunk = NULL, created_at = now()
      WHERE chunk_facts.content_hash IS DISTINCT FROM EXCLUDED.content_hash
     RETURNING 1
 ), stage AS (
     UPDATE public.import_stages s
        SET input_tokens = s.input_tokens + %(input_tokens)s,
-           output_tokens = s.output_tokens + %(output_tokens)s, updated_at = now()
+           output_tokens = s.output_tokens + %(output_tokens)s,
+           cost_usd = s.cost_usd + %(cost_usd)s::numeric, updated_at = now()
       FROM current c
      WHERE s.import_id = c.id AND s.stage = %(stage)s
        AND %(input_tokens)s + %(output_tokens)s > 0
@@ -472,6 +483,7 @@ WITH current AS (
                + CASE WHEN EXISTS (SELECT 1 FROM current) THEN %(output_tokens)s ELSE 0 END,
            spent_input_tokens = i.spent_input_tokens + %(input_tokens)s,
            spent_output_tokens = i.spent_output_tokens + %(output_tokens)s,
+           spent_cost_usd = i.spent_cost_usd + %(cost_usd)s::numeric,
            updated_at = now()
      WHERE i.id = %(import_id)s AND %(input_tokens)s + %(output_tokens)s > 0
 )
@@ -483,8 +495,65 @@ SELECT count(*) AS chunks,
        count(*) FILTER (WHERE error IS NOT NULL) AS failed,
        coalesce(sum(fact_count), 0) AS facts,
        coalesce(sum(input_tokens), 0) AS input_tokens,
-       coalesce(sum(output_tokens), 0) AS output_tokens
+       coalesce(sum(output_tokens), 0) AS output_tokens,
+       count(*) FILTER (WHERE reused_from_import IS NOT NULL) AS reused
   FROM public.chunk_facts WHERE import_id = %(import_id)s
+"""
+
+#: A re-import pays only for what is new: each chunk of the work list (the
+#: import's chunks of ``tier``, or those of ``ids``) without a checkpoint,
+#: whose content an earlier import of the same user already extracted with the
+#: same model and prompt version, gets a copy of those facts (the latest
+#: extraction), naming where it came from; the extract stage counts them. Never
+#: across users, never from a failed extraction. Fenced like every checkpoint.
+REUSE_CHUNK_FACTS: LiteralString = """
+WITH current AS (
+    SELECT i.id, i.user_id FROM public.imports i
+     WHERE i.id = %(import_id)s
+       AND public.fullpass_holds(%(import_id)s, %(generation)s, %(stage)s, %(lease)s)
+), todo AS (
+    SELECT c.id, c.content_hash
+      FROM public.import_chunks c
+      JOIN current ON c.import_id = current.id
+     WHERE (%(tier)s::text IS NULL OR c.chunk_tier = %(tier)s::text)
+       AND (%(ids)s::uuid[] IS NULL OR c.id = ANY (%(ids)s::uuid[]))
+       AND NOT EXISTS (SELECT 1 FROM public.chunk_facts f
+                        WHERE f.import_id = c.import_id AND f.chunk_id = c.id
+                          AND f.content_hash = c.content_hash)
+), found AS (
+    SELECT DISTINCT ON (t.id) t.id AS chunk_id, t.content_hash, f.facts, f.fact_count, f.model,
+           f.import_id AS from_import, f.chunk_id AS from_chunk
+      FROM todo t
+      JOIN current ON true
+      JOIN public.chunk_facts f
+        ON f.user_id = current.user_id AND f.content_hash = t.content_hash
+     WHERE f.import_id <> current.id AND f.error IS NULL
+       AND f.requested_model = %(model)s AND f.prompt_version = %(prompt_version)s
+     ORDER BY t.id, f.created_at DESC
+), written AS (
+    INSERT INTO public.chunk_facts (import_id, chunk_id, user_id, content_hash, facts, fact_count,
+                                    model, requested_model, prompt_version,
+                                    reused_from_import, reused_from_chunk)
+    SELECT current.id, f.chunk_id, current.user_id, f.content_hash, f.facts, f.fact_count,
+           f.model, %(model)s, %(prompt_version)s, f.from_import, f.from_chunk
+      FROM found f, current
+    ON CONFLICT (import_id, chunk_id) DO UPDATE
+       SET content_hash = EXCLUDED.content_hash, facts = EXCLUDED.facts,
+           fact_count = EXCLUDED.fact_count, model = EXCLUDED.model,
+           input_tokens = 0, output_tokens = 0, cache_read_tokens = 0, error = NULL,
+           requested_model = EXCLUDED.requested_model,
+           prompt_version = EXCLUDED.prompt_version,
+           reused_from_import = EXCLUDED.reused_from_import,
+           reused_from_chunk = EXCLUDED.reused_from_chunk, created_at = now()
+     WHERE chunk_facts.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+    RETURNING 1
+), counted AS (
+    UPDATE public.import_stages s
+       SET items_reused = s.items_reused + (SELECT count(*) FROM written), updated_at = now()
+      FROM current
+     WHERE s.import_id = current.id AND s.stage = %(stage)s
+)
+SELECT EXISTS (SELECT 1 FROM current) AS current, (SELECT count(*) FROM written) AS reused
 """
 
 #: Every usable fact of an import: the map step's, dated by their conversation,
@@ -665,7 +734,7 @@ SELECT * FROM public.import_progress ORDER BY created_at DESC LIMIT %(limit)s
 
 STAGES_OF: LiteralString = """
 SELECT stage, status, attempts, items_done, items_total, error,
-       input_tokens, output_tokens, started_at, finished_at
+       input_tokens, output_tokens, started_at, finished_at, model, cost_usd, items_reused
   FROM public.import_stages WHERE import_id = %(import_id)s ORDER BY position
 """
 

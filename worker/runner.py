@@ -47,13 +47,14 @@ from jobs.registry import LANE_FUNCTIONS, STAGE_FUNCTIONS
 from worker import notify
 from worker.embeddings import Embedder
 from worker.errors import BadInput, FullpassError, NeedsOperator, StaleJob
+from worker.llm import for_stage
 from worker.llm.base import LLMProvider
 from worker.llm.limiter import llm_scope
 from worker.maintenance import workdir_for
 from worker.options import InvalidOptions
 from worker.redact import error_text
 from worker.retry import backoff
-from worker.settings import Settings
+from worker.settings import MODEL_STAGES, Settings
 from worker.store import Claim, Store
 
 logger = logging.getLogger("fullpass.runner")
@@ -130,7 +131,7 @@ async def _run_stage(
     deps: Deps, stage: str, import_id: UUID, generation: int, job_id: int | None
 ) -> None:
     try:
-        claim = await deps.store.claim(import_id, generation, stage)
+        claim = await deps.store.claim(import_id, generation, stage, model=_model_of(deps, stage))
     except (psycopg.OperationalError, psycopg.InterfaceError):
         raise
     except Exception as exc:
@@ -245,6 +246,15 @@ async def run_lane(
     )
 
 
+def _model_of(deps: Deps, stage: str) -> str | None:
+    """The model ``stage`` calls (None: it calls none)."""
+    if stage in MODEL_STAGES:
+        return for_stage(deps.llm, deps.settings, stage).model
+    if stage == "embed" and deps.embedder is not None:
+        return deps.embedder.model
+    return None
+
+
 async def _context(deps: Deps, claim: Claim) -> StageContext:
     try:
         options = deps.settings.options.merged(claim.imp.options)
@@ -259,7 +269,7 @@ async def _context(deps: Deps, claim: Claim) -> StageContext:
         settings=deps.settings,
         options=options,
         store=deps.store.for_stage(claim.fence, lane=claim.lane is not None),
-        llm=deps.llm,
+        llm=for_stage(deps.llm, deps.settings, claim.fence.stage),
         embedder=deps.embedder,
         outputs=Outputs(await deps.store.stage_outputs(claim.imp.id)),
         workdir=workdir,

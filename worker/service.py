@@ -96,6 +96,12 @@ async def run_worker(
         raise
     store = Store(pool)
     llm = make_provider(settings, FleetBudget.from_settings(settings, store))
+    if settings.llm == "anthropic" and (unpriced := settings.unpriced_models()):
+        logger.warning(
+            "no list price known for %s: their cost is recorded as unknown "
+            "(give it with FULLPASS_MODEL_PRICES)",
+            ", ".join(unpriced),
+        )
     try:
         embedder = make_embedder(settings.embeddings)
     except BaseException:

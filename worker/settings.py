@@ -7,11 +7,20 @@ settings object that ends up in a log line or a traceback never prints them.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.embeddings.settings import EmbeddingSettings
@@ -19,6 +28,66 @@ from worker.errors import NeedsOperator
 from worker.options import EnvOptions, Options
 
 DEFAULT_MODEL = "claude-haiku-4-5-20251001"
+
+#: The stages that call a language model, each with the variable that picks its
+#: model (``FULLPASS_MODEL`` when unset).
+MODEL_STAGES: Final = ("extract", "reduce", "memory", "regenerate")
+
+
+class ModelPrice(BaseModel):
+    """A model's list prices: US dollars per million tokens, and the batch discount.
+
+    Cache writes (5-minute) cost 1.25x input and cache reads 0.1x unless given;
+    Message Batches bill every token at ``batch`` times these prices.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
+    cache_read: float | None = Field(default=None, ge=0)
+    batch: float = Field(default=0.5, gt=0, le=1)
+
+    def cost(
+        self,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int = 0,
+        cache_creation_tokens: int = 0,
+        batch: bool = False,
+    ) -> float:
+        """What these tokens cost, in US dollars (``input_tokens``: the uncached ones)."""
+        write = self.cache_write if self.cache_write is not None else self.input * 1.25
+        read = self.cache_read if self.cache_read is not None else self.input * 0.1
+        usd = (
+            input_tokens * self.input
+            + output_tokens * self.output
+            + cache_creation_tokens * write
+            + cache_read_tokens * read
+        ) / 1e6
+        return usd * self.batch if batch else usd
+
+
+#: The list prices of the models fullpass knows, by name without the date
+#: suffix (``claude-haiku-4-5-20251001`` is priced as ``claude-haiku-4-5``).
+#: ``FULLPASS_MODEL_PRICES`` adds models or overrides these.
+MODEL_PRICES: Final[dict[str, ModelPrice]] = {
+    "claude-opus-4-5": ModelPrice(input=5.0, output=25.0),
+    "claude-opus-4-1": ModelPrice(input=15.0, output=75.0),
+    "claude-opus-4": ModelPrice(input=15.0, output=75.0),
+    "claude-sonnet-4-5": ModelPrice(input=3.0, output=15.0),
+    "claude-sonnet-4": ModelPrice(input=3.0, output=15.0),
+    "claude-3-7-sonnet": ModelPrice(input=3.0, output=15.0),
+    "claude-haiku-4-5": ModelPrice(input=1.0, output=5.0),
+    "claude-3-5-haiku": ModelPrice(input=0.8, output=4.0),
+    "claude-3-haiku": ModelPrice(input=0.25, output=1.25),
+    # The offline provider's rules: no model, nothing billed.
+    "offline-rules-v1": ModelPrice(input=0.0, output=0.0),
+}
+
+_DATED = re.compile(r"-(?:\d{8}|latest)$")
 
 
 class Settings(BaseSettings):
@@ -32,6 +101,14 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = Field(default=None, alias="ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = Field(default=None, alias="ANTHROPIC_BASE_URL")
     model: str = Field(default=DEFAULT_MODEL, alias="FULLPASS_MODEL")
+    #: Per-stage models (None: ``FULLPASS_MODEL``).
+    model_extract: str | None = Field(default=None, alias="FULLPASS_MODEL_EXTRACT")
+    model_reduce: str | None = Field(default=None, alias="FULLPASS_MODEL_REDUCE")
+    model_memory: str | None = Field(default=None, alias="FULLPASS_MODEL_MEMORY")
+    model_regenerate: str | None = Field(default=None, alias="FULLPASS_MODEL_REGENERATE")
+    #: Prices of models the built-in table lacks, or overrides of it (JSON:
+    #: ``{"model": {"input": 1, "output": 5}}``, US dollars per million tokens).
+    model_prices: dict[str, ModelPrice] = Field(default_factory=dict, alias="FULLPASS_MODEL_PRICES")
     llm: Literal["anthropic", "offline"] | None = Field(default=None, alias="FULLPASS_LLM")
     llm_timeout: float = Field(default=120.0, alias="FULLPASS_LLM_TIMEOUT")
     llm_max_retries: int = Field(default=4, alias="FULLPASS_LLM_MAX_RETRIES")
@@ -113,6 +190,26 @@ class Settings(BaseSettings):
         if self.llm is None:
             self.llm = "anthropic" if self.anthropic_api_key else "offline"
         return self
+
+    def stage_model(self, stage: str) -> str:
+        """The model ``stage`` calls: its own setting, else ``FULLPASS_MODEL``."""
+        if stage not in MODEL_STAGES:
+            raise ValueError(f"stage {stage!r} calls no model")
+        own: str | None = getattr(self, f"model_{stage}")
+        return own or self.model
+
+    def price_of(self, model: str) -> ModelPrice | None:
+        """The list prices of ``model`` (None: unknown, set ``FULLPASS_MODEL_PRICES``)."""
+        for name in (model, _DATED.sub("", model)):
+            price = self.model_prices.get(name) or MODEL_PRICES.get(name)
+            if price is not None:
+                return price
+        return None
+
+    def unpriced_models(self) -> list[str]:
+        """The configured models without a known price (their cost is recorded as unknown)."""
+        models = dict.fromkeys(self.stage_model(s) for s in MODEL_STAGES)
+        return [m for m in models if self.price_of(m) is None]
 
     @property
     def resolved_storage_dir(self) -> Path:

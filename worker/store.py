@@ -144,6 +144,8 @@ class FactsSummary:
     facts: int
     input_tokens: int
     output_tokens: int
+    #: Chunks whose facts came from an earlier import of the user's.
+    reused: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,9 +268,29 @@ class StageStore(Protocol):
         """The chunks with these ids, in the order given (unknown ids left out)."""
 
     async def checkpoint_facts(
-        self, rows: Sequence[FactsRow], usage: Usage, model: str, error: str | None = None
+        self,
+        rows: Sequence[FactsRow],
+        usage: Usage,
+        model: str,
+        error: str | None = None,
+        *,
+        requested_model: str | None = None,
+        prompt_version: str | None = None,
     ) -> None:
-        """One call's chunks and what it cost, atomically; StaleJob if not current."""
+        """One call's chunks and what it cost, atomically; StaleJob if not current.
+
+        ``model`` answered; ``requested_model`` was asked, with the extraction
+        prompt of ``prompt_version`` (what a later import may reuse them by).
+        """
+
+    async def reuse_facts(
+        self, model: str, prompt_version: str, *, tier: str | None, ids: Sequence[str] | None
+    ) -> int:
+        """Copy the user's earlier facts of identical chunks (see REUSE_CHUNK_FACTS).
+
+        The work list: the import's chunks of ``tier`` or those of ``ids``.
+        Returns how many chunks got facts; StaleJob if not current.
+        """
 
     async def facts_summary(self) -> FactsSummary: ...
 
@@ -339,9 +361,14 @@ class Store:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def claim(self, import_id: UUID, generation: int, stage: str) -> Claim | None:
-        """Claim ``stage`` for the job of ``generation`` (None: stale or duplicate job)."""
-        params = {"import_id": import_id, "generation": generation, "stage": stage}
+    async def claim(
+        self, import_id: UUID, generation: int, stage: str, *, model: str | None = None
+    ) -> Claim | None:
+        """Claim ``stage`` for the job of ``generation`` (None: stale or duplicate job).
+
+        ``model``: the model the stage calls, recorded on its row.
+        """
+        params = {"import_id": import_id, "generation": generation, "stage": stage, "model": model}
         async with self.pool.connection() as conn, conn.transaction():
             row = await (await conn.execute(queries.CLAIM_STAGE, params)).fetchone()
             if row is None:
@@ -402,12 +429,16 @@ class Store:
                 **final.import_counts(),
             }
             key = {"import_id": fence.import_id, "stage": fence.stage}
+            model = getattr(final, "model", None)
             await conn.execute(
                 queries.FINISH_STAGE,
                 {
                     **key,
                     "status": "skipped" if isinstance(final, Skipped) else "done",
                     "output": Jsonb(final.model_dump(mode="json")),
+                    "model": model if isinstance(model, str) else None,
+                    "set_cost": final.books_cost,
+                    "cost_usd": getattr(final, "cost_usd", None),
                 },
             )
             if result.skip:
@@ -746,7 +777,7 @@ class PgStageStore:
                 await conn.execute(queries.ADD_PROGRESS, {**self.fence.params(), "done": added})
 
     async def record_usage(self, usage: Usage) -> None:
-        if not (usage.input_tokens or usage.output_tokens):
+        if not usage.tokens:
             return
         async with self.pool.connection() as conn:
             await conn.execute(
@@ -755,6 +786,7 @@ class PgStageStore:
                     **self.fence.params(),
                     "input_tokens": usage.input_tokens,
                     "output_tokens": usage.output_tokens,
+                    "cost_usd": usage.cost_usd,
                 },
             )
 
@@ -795,7 +827,14 @@ class PgStageStore:
         ]
 
     async def checkpoint_facts(
-        self, rows: Sequence[FactsRow], usage: Usage, model: str, error: str | None = None
+        self,
+        rows: Sequence[FactsRow],
+        usage: Usage,
+        model: str,
+        error: str | None = None,
+        *,
+        requested_model: str | None = None,
+        prompt_version: str | None = None,
     ) -> None:
         # The call's tokens are booked on its first chunk.
         first = {
@@ -823,10 +862,30 @@ class PgStageStore:
                 "rows": Jsonb(payload),
                 "input_tokens": usage.input_tokens,
                 "output_tokens": usage.output_tokens,
+                "cost_usd": usage.cost_usd,
+                "requested_model": requested_model,
+                "prompt_version": prompt_version,
             },
         )
         if not written or not written[0]["current"]:
             raise StaleJob()
+
+    async def reuse_facts(
+        self, model: str, prompt_version: str, *, tier: str | None, ids: Sequence[str] | None
+    ) -> int:
+        (row,) = await self._fetchall(
+            queries.REUSE_CHUNK_FACTS,
+            {
+                **self.fence.params(),
+                "model": model,
+                "prompt_version": prompt_version,
+                "tier": tier,
+                "ids": list(ids) if ids is not None else None,
+            },
+        )
+        if not row["current"]:
+            raise StaleJob()
+        return int(row["reused"])
 
     async def facts_summary(self) -> FactsSummary:
         (row,) = await self._fetchall(
@@ -838,6 +897,7 @@ class PgStageStore:
             facts=int(row["facts"]),
             input_tokens=int(row["input_tokens"]),
             output_tokens=int(row["output_tokens"]),
+            reused=int(row["reused"]),
         )
 
     async def chunk_facts(self) -> AsyncIterator[ChunkFacts]:

@@ -69,6 +69,9 @@ class Checkpoint:
     model: str
     error: str | None
     usage: Usage
+    requested_model: str | None = None
+    prompt_version: str | None = None
+    reused: bool = False
 
 
 @dataclass
@@ -90,6 +93,8 @@ class MemoryStore:
     embeddings: dict[str, tuple[str, list[float]]] | None = field(default_factory=dict)
     embedding_tokens: int = 0
     embedding_status: str | None = None
+    #: Facts of the user's earlier imports: (content hash, model, prompt version) -> facts.
+    earlier: dict[tuple[str, str, str], Facts] = field(default_factory=dict)
     #: What lanes reported, summed (see :class:`MemoryPageSource`).
     lane_stats: dict[str, int] = field(default_factory=dict)
 
@@ -122,15 +127,49 @@ class MemoryStore:
         return [by_id[i] for i in ids if i in by_id]
 
     async def checkpoint_facts(
-        self, rows: Sequence[FactsRow], usage: Usage, model: str, error: str | None = None
+        self,
+        rows: Sequence[FactsRow],
+        usage: Usage,
+        model: str,
+        error: str | None = None,
+        *,
+        requested_model: str | None = None,
+        prompt_version: str | None = None,
     ) -> None:
         self.usage += usage
         if not self.current:
             raise StaleJob()
         for i, row in enumerate(rows):
             self.checkpoints[row.chunk_id] = Checkpoint(
-                row.content_hash, row.facts, model, error, usage if i == 0 else Usage()
+                row.content_hash,
+                row.facts,
+                model,
+                error,
+                usage if i == 0 else Usage(),
+                requested_model,
+                prompt_version,
             )
+
+    async def reuse_facts(
+        self, model: str, prompt_version: str, *, tier: str | None, ids: Sequence[str] | None
+    ) -> int:
+        if not self.current:
+            raise StaleJob()
+        reused = 0
+        for c in self.chunks:
+            if (tier is not None and self.tier_of[c.id] != tier) or (
+                ids is not None and c.id not in ids
+            ):
+                continue
+            done = self.checkpoints.get(c.id)
+            facts = self.earlier.get((c.content_hash, model, prompt_version))
+            if facts is None or (done is not None and done.content_hash == c.content_hash):
+                continue
+            self.checkpoints[c.id] = Checkpoint(
+                c.content_hash, facts, model, None, Usage(), model, prompt_version, reused=True
+            )
+            reused += 1
+        return reused
 
     async def facts_summary(self) -> FactsSummary:
         cps = self.checkpoints.values()
@@ -140,6 +179,7 @@ class MemoryStore:
             facts=sum(c.facts.count() for c in cps),
             input_tokens=sum(c.usage.input_tokens for c in cps),
             output_tokens=sum(c.usage.output_tokens for c in cps),
+            reused=sum(1 for c in cps if c.reused),
         )
 
     async def chunk_facts(self) -> AsyncIterator[ChunkFacts]:

@@ -6,7 +6,7 @@ import logging
 
 from worker.llm.base import LLMProvider
 from worker.llm.budget import FleetBudget
-from worker.settings import Settings
+from worker.settings import MODEL_STAGES, Settings
 
 logger = logging.getLogger("fullpass.llm")
 
@@ -31,3 +31,18 @@ def make_provider(settings: Settings, budget: FleetBudget | None = None) -> LLMP
         provider.model,
     )
     return provider
+
+
+def for_stage(llm: LLMProvider, settings: Settings, stage: str) -> LLMProvider:
+    """The provider ``stage`` calls: ``llm`` asking the stage's model (``FULLPASS_MODEL_<STAGE>``).
+
+    A provider without models to choose from (``offline``) serves every stage as it is.
+    """
+    if stage not in MODEL_STAGES:
+        return llm
+    model = settings.stage_model(stage)
+    with_model = getattr(llm, "with_model", None)
+    if model == llm.model or with_model is None:
+        return llm
+    chosen: LLMProvider = with_model(model)
+    return chosen

@@ -217,6 +217,9 @@ class AnthropicProvider:
     ) -> None:
         self._settings = settings
         self.model = settings.model
+        self._price = settings.price_of(self.model)
+        #: This provider for each model it was asked for (:meth:`with_model`).
+        self._variants: dict[str, AnthropicProvider] = {self.model: self}
         register_secrets(settings.secrets())
         if client is None:
             key = settings.anthropic_api_key
@@ -244,6 +247,25 @@ class AnthropicProvider:
         #: Whether requests carry ``temperature`` (turned off for good the
         #: first time the model rejects it; see :meth:`_create`).
         self.send_temperature = send_temperature
+
+    def with_model(self, model: str) -> AnthropicProvider:
+        """This provider calling ``model``: same client, limiters and settings.
+
+        One per model for the provider's life (so a model that rejects
+        ``temperature`` is learnt once); closing it closes nothing.
+        """
+        variant = self._variants.get(model)
+        if variant is None:
+            variant = copy.copy(self)
+            variant.model = model
+            variant._price = self._settings.price_of(model)
+            variant._owns_client = False
+            variant.send_temperature = True
+            self._variants[model] = variant
+        return variant
+
+    def _priced(self, usage: Usage, *, batch: bool = False) -> Usage:
+        return usage.priced(self._price, batch=batch)
 
     # ------------------------------------------------------------------ protocol
 
@@ -357,7 +379,7 @@ class AnthropicProvider:
         kind = getattr(result, "type", "unknown")
         if kind == "succeeded":
             message = result.message
-            usage = usage_of(message)
+            usage = self._priced(usage_of(message), batch=True)
             try:
                 facts = self._parse_facts(message)
             except BadAnswer as exc:
@@ -427,9 +449,9 @@ class AnthropicProvider:
                 ) from None
             if answer.message is None:
                 reason = answer.problem
-                usage += answer.usage
+                usage += self._priced(answer.usage)
             else:
-                usage += usage_of(answer.message)
+                usage += self._priced(usage_of(answer.message))
                 try:
                     value = parse(answer.message)
                 except BadAnswer as exc:

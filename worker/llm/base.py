@@ -8,33 +8,69 @@ on this protocol only.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from jobs.domain.facts import Facts
 from jobs.domain.sections import Sections
 from worker.errors import FullpassError, NeedsOperator, Transient, Unusable
+from worker.settings import ModelPrice
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens of one or more calls (``input_tokens``: the uncached ones) and their cost."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_creation_tokens: int = 0
     calls: int = 0
+    #: US dollars at the model's list price (None: the model has no known price).
+    cost_usd: float | None = 0.0
 
     def __add__(self, other: Usage) -> Usage:
+        cost = (
+            None
+            if self.cost_usd is None or other.cost_usd is None
+            else self.cost_usd + other.cost_usd
+        )
         return Usage(
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
             self.cache_read_tokens + other.cache_read_tokens,
             self.cache_creation_tokens + other.cache_creation_tokens,
             self.calls + other.calls,
+            cost,
         )
+
+    @property
+    def tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_read_tokens
+            + self.cache_creation_tokens
+        )
+
+    def priced(self, price: ModelPrice | None, *, batch: bool = False) -> Usage:
+        """These tokens with their cost at ``price`` (None: unknown, unless nothing was used)."""
+        if not self.tokens:
+            cost: float | None = 0.0
+        elif price is None:
+            cost = None
+        else:
+            cost = price.cost(
+                input_tokens=self.input_tokens,
+                output_tokens=self.output_tokens,
+                cache_read_tokens=self.cache_read_tokens,
+                cache_creation_tokens=self.cache_creation_tokens,
+                batch=batch,
+            )
+        return replace(self, cost_usd=cost)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ hit across thousands of extraction calls.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any, Final
@@ -144,6 +145,19 @@ directly ("Answer in short bullet points.").
 Answer only by calling the {WRITE_SECTIONS} tool once, with all five sections."""
 
 
+#: Raised by hand when the extraction changes in a way the texts below do not
+#: show (how transcripts are condensed or packed, how answers are parsed).
+EXTRACTION_REVISION: Final = 1
+
+
+def _extraction_digest() -> str:
+    probe = ExtractionInput("c", "c", "\x00title", "\x00transcript", None)
+    text = json.dumps(
+        [EXTRACTION_SYSTEM, RECORD_FACTS_TOOL, extraction_message(probe)], sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def extraction_message(item: ExtractionInput) -> str:
     """The user turn of one extraction call: metadata, then the transcript in tags."""
     when = item.conversation_date.isoformat() if item.conversation_date else "unknown"
@@ -210,3 +224,10 @@ def corrective_note(reason: str, tool: str | None) -> str:
         f"({', '.join(MEMORY_SECTIONS)})."
     )
     return f"Note: a previous answer to this request was unusable ({reason}). {how}"
+
+
+#: The version of the extraction prompt a chunk's facts were extracted with
+#: (``chunk_facts.prompt_version``): the instructions, the tool schema and the
+#: message, digested, so that changing any of them changes it. A re-import
+#: reuses earlier facts only when it is the same (with the same model).
+EXTRACTION_PROMPT_VERSION: Final = f"x{EXTRACTION_REVISION}-{_extraction_digest()}"
