@@ -21,8 +21,10 @@
    extraction) so its chunks are published, then for every distinct planted
    fact (the generator's ground truth) a query naming its subject in other words
    (:data:`PARAPHRASES`: not the fact's own sentence) is searched with
-   ``public.search_chunks`` three ways: full text only (no query embedding),
-   vector only (no query text) and hybrid (both, as the app calls it). A query
+   ``public.search_chunks`` four ways: full text only (no query embedding),
+   vector only (no query text), vector only without the HNSW index (an exact
+   scan: what the index's approximation costs) and hybrid (both, as the app
+   calls it). A query
    is answered when a chunk holding the fact's sentence is among the top 10:
    recall@10 (target >= 0.9 for hybrid).
 
@@ -424,7 +426,9 @@ async def _quality(pool: Any, embedder: Any, truth: dict[str, Any]) -> dict[str,
         ).fetchall()
     flat = [(r["id"], _flat(r["content"] or "")) for r in chunks]
     facts = sorted({f["text"] for f in truth["facts"]})
-    modes = ("text", "vector", "hybrid")
+    # vector_exact: the vector side without the HNSW index (an exact scan), to
+    # tell the index's approximation from the model's misses.
+    modes = ("text", "vector", "vector_exact", "hybrid")
     hits: dict[str, int] = dict.fromkeys(modes, 0)
     misses: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     absent: list[str] = []
@@ -441,13 +445,15 @@ async def _quality(pool: Any, embedder: Any, truth: dict[str, Any]) -> dict[str,
         vector = _vector_text(await embedder.embed_query(question))
         ranks: dict[str, int | None] = {}
         for mode in modes:
-            async with pool.connection() as conn:
+            async with pool.connection() as conn, conn.transaction():
+                if mode == "vector_exact":
+                    await conn.execute("set local enable_indexscan = off")
                 rows = await (
                     await conn.execute(
                         queries.SEARCH_CHUNKS,
                         {
                             "user_id": USER_ID,
-                            "query": question if mode != "vector" else None,
+                            "query": question if mode in ("text", "hybrid") else None,
                             "embedding": vector if mode != "text" else None,
                             "k": TOP_K,
                             "tiers": None,
@@ -620,7 +626,7 @@ def table(results: dict[str, Any]) -> str:
             mark = ""
             if mode == "hybrid":
                 mark = "  (target >= 0.9: " + ("ok" if value >= TARGET_RECALL else "MISSED") + ")"
-            lines.append(f"    {mode:8} {value:.3f}{mark}")
+            lines.append(f"    {mode:13} {value:.3f}{mark}")
     return "\n".join(lines)
 
 
