@@ -24,10 +24,10 @@ topic's own words); with the plain mean they drowned what it says once, and a
 fact said once is what a search is most often after (the topic's words are
 what full-text search, ranking by their frequency, finds). On the paraphrased
 queries of ``bench/embed.py`` (a planted fact said once in a chunk, a question
-naming it in other words, vector side alone; 1,500 conversations, seed 11) the
-right chunk was in the top 10 for 10 of 32 queries with the mean, 24 with these
-weights. A text that repeats no token (most queries) gets the same vector
-either way.
+naming it in other words, vector side alone; three exports of 1,500
+conversations) the right chunk was in the top 10 for 31 of 96 queries with the
+mean, 81 with these weights. A text that repeats no token (most queries) gets
+the same vector either way.
 
 The model is loaded once per process, lazily and under a lock, in the
 thread that first needs it (~0.3 s); embedding runs in this provider's
