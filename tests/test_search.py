@@ -344,7 +344,7 @@ LOST_FACTS: list[tuple[str, str]] = [
 async def test_a_fact_said_once_in_a_long_chunk_is_found_by_meaning(db_dsn: str) -> None:
     """A long chunk's vector still carries what it says once among words it repeats.
 
-    A chunk of a long conversation holds ~8,000 characters, most of it words
+    A chunk of a long conversation holds up to ~8,000 characters, most of it words
     said again and again. With mean pooling (a token weighing as often as it
     occurs) they drowned the one sentence a question is about: 2 of these 12
     questions found their chunk in the top 3 of 24, by meaning alone. With a

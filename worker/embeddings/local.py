@@ -18,8 +18,8 @@ and its masked sum, which together run at half this speed, are not used either.
 
 The pooling is WordLlama's (a sum of the token vectors, then unit length)
 but for its weights: a token said ``n`` times in the text weighs
-``1 / (1 + ln n)`` in all, not ``n``. A chunk of a long conversation holds
-~8,000 characters, mostly words it says again and again (function words, the
+``1 / (1 + ln n)`` in all, not ``n``. A chunk of a long conversation holds up
+to ~8,000 characters, mostly words it says again and again (function words, the
 topic's own words); with the plain mean they drowned what it says once, and a
 fact said once is what a search is most often after (the topic's words are
 what full-text search, ranking by their frequency, finds). On the paraphrased
