@@ -20,10 +20,11 @@ import psycopg
 import pytest
 
 from tests.conftest import USER_A, USER_B, query
+from tests.gen_export import filler, with_sentence
 from tests.test_security import denied, session
 from worker import migrate, search
 from worker.db import connect
-from worker.embeddings import EmbeddingSettings
+from worker.embeddings import EmbeddingSettings, make_embedder
 from worker.errors import NeedsOperator
 
 #: A dozen chunks of one user's history, each about one thing.
@@ -302,6 +303,84 @@ def test_hybrid_ranking_and_a_chunk_found_by_meaning_only(db_dsn: str) -> None:
     # a vector alone still finds by meaning
     rows = search_rows(db_dsn, USER_A, "", query_embedding=unit(dim, (0, 1.0)), match_count=2)
     assert [r["id"] for r in rows] == [both, meaning]
+
+
+#: Things a user said once in a long conversation about other matters, and a
+#: question naming each in other words (no word in common with the fact).
+LOST_FACTS: list[tuple[str, str]] = [
+    ("My sister's wedding is on October 26.", "when does my sibling get married"),
+    (
+        "I really prefer walking meetings over video calls.",
+        "do I like to talk things over on a stroll outside rather than on Zoom",
+    ),
+    ("My son's graduation is on August 29.", "when does my boy get his diploma"),
+    (
+        "We decided to pause the newsletter because nobody had time to write it.",
+        "why did we stop sending the email digest for a while",
+    ),
+    (
+        "I strongly believe small teams ship better software.",
+        "my view that tiny groups of engineers deliver higher quality programs",
+    ),
+    ("My house move is on July 24.", "when are we relocating to the new home"),
+    (
+        "I really prefer a light theme with high contrast.",
+        "what colour scheme do I like on screen, a pale background",
+    ),
+    ("My mother's seventieth birthday is on May 2.", "when is mum turning 70"),
+    (
+        "We decided to hire a second designer because the backlog of mockups kept growing.",
+        "why did we recruit one more UI person",
+    ),
+    ("I really prefer evening deep-work sessions.", "when do I concentrate best, late at night"),
+    (
+        "I strongly believe documentation is part of the product.",
+        "my opinion that the docs belong to what we ship",
+    ),
+    ("My citizenship interview is on April 21.", "when is my naturalisation appointment"),
+]
+
+
+async def test_a_fact_said_once_in_a_long_chunk_is_found_by_meaning(db_dsn: str) -> None:
+    """A long chunk's vector still carries what it says once among words it repeats.
+
+    A chunk of a long conversation holds up to ~8,000 characters, most of it words
+    said again and again. With mean pooling (a token weighing as often as it
+    occurs) they drowned the one sentence a question is about: 2 of these 12
+    questions found their chunk in the top 3 of 24, by meaning alone. With a
+    token said n times weighing 1 / (1 + ln n) in all, 10 do.
+    """
+    dimension_of(db_dsn)
+    embedder = make_embedder(EmbeddingSettings(FULLPASS_EMBEDDINGS="local"))
+    assert embedder is not None
+    rng = random.Random(2)
+    contents = [filler(rng, 1200) for _ in range(len(LOST_FACTS) * 2)]
+    for i, (fact, _) in enumerate(LOST_FACTS):
+        contents[i] = with_sentence(rng, contents[i], fact)
+    names = [f"Notes {i}" for i in range(len(contents))]
+    try:
+        embedded = await embedder.embed_documents(
+            [f"{name}\n\n{content}" for name, content in zip(names, contents, strict=True)]
+        )
+        ids = [
+            insert_chunk(db_dsn, USER_A, name, content, embedding=search._vector_text(vector))
+            for name, content, vector in zip(names, contents, embedded.vectors, strict=True)
+        ]
+        found = []
+        for i, (fact, question) in enumerate(LOST_FACTS):
+            (common,) = query(
+                db_dsn,
+                "select tsvector_to_array(to_tsvector('english', %s))"
+                " && tsvector_to_array(to_tsvector('english', %s)) as shared",
+                (fact, question),
+            )
+            assert not common["shared"], question  # no word in common
+            vector = search._vector_text(await embedder.embed_query(question))
+            rows = search_rows(db_dsn, USER_A, None, query_embedding=vector, match_count=3)
+            found.append(ids[i] in {r["id"] for r in rows})
+    finally:
+        await embedder.aclose()
+    assert sum(found) >= 9, found
 
 
 def test_a_query_embedding_of_another_size_is_ignored(db_dsn: str) -> None:

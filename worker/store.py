@@ -999,9 +999,23 @@ class PgStageStore:
             )
 
 
+#: pgvector's text form of a vector of each size seen, as one %-format template.
+_VECTOR_TEMPLATES: dict[int, str] = {}
+
+
 def _vector_text(vector: Sequence[float]) -> str:
-    """pgvector's text form of a vector."""
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+    """pgvector's text form of a vector.
+
+    pgvector stores float32, whose every bit nine significant digits carry
+    (``%.9g``); one format of a cached template takes a third of the time of
+    ``repr`` float by float, and the text is a third shorter (a batch of 256
+    vectors of 1,536 floats is 5 MB of it, not 8).
+    """
+    template = _VECTOR_TEMPLATES.get(len(vector))
+    if template is None:
+        template = "[" + ",".join(["%.9g"] * len(vector)) + "]"
+        _VECTOR_TEMPLATES[len(vector)] = template
+    return template % tuple(vector)
 
 
 class PgPageSource:

@@ -129,7 +129,8 @@ async def test_unit_vectors_where_similar_scores_higher(embedder: LocalEmbedder)
 
 
 async def test_same_vectors_as_wordllamas_own_inference(embedder: LocalEmbedder) -> None:
-    """The pooling here is WordLlama's (mean of token vectors, unit length), minus padding."""
+    """The pooling here is WordLlama's (mean of token vectors, unit length), minus padding,
+    for texts that repeat no token; a repeated token weighs 1 / (1 + ln n) in all."""
     root = logging.getLogger()
     guard = logging.NullHandler()
     root.addHandler(guard)  # the package's import calls logging.basicConfig
@@ -139,10 +140,32 @@ async def test_same_vectors_as_wordllamas_own_inference(embedder: LocalEmbedder)
         root.removeHandler(guard)
     model = load_model()
     own = WordLlamaInference(model.table, Tokenizer.from_file(str(model_files()[1])))
-    texts = [*SIMILAR, UNRELATED, "short", "x" * 3000]
+    texts = [*SIMILAR, UNRELATED, "short"]
+    assert all(len(set(ids)) == len(ids) for ids in (own.tokenizer.encode(t).ids for t in texts))
     expected = own.embed(texts, norm=True)
     result = await embedder.embed_documents(texts)
     assert np.allclose(np.asarray(result.vectors), expected, atol=1e-5)
+
+
+async def test_a_repeated_token_weighs_sublinearly(embedder: LocalEmbedder) -> None:
+    """Said n times, a token weighs 1 / (1 + ln n) in all: what is said once stands out."""
+    model = load_model()
+    once, often = "lighthouse", "spreadsheet"
+    text = " ".join([once] + [often] * 20)
+    ids = model.tokenizer.encode(text, add_special_tokens=False).ids
+    distinct, counts = np.unique(ids, return_counts=True)
+    weights = 1 / (1 + np.log(counts))
+    expected = weights @ model.table[distinct]
+    expected /= np.linalg.norm(expected)
+    (vector,) = (await embedder.embed_documents([text])).vectors
+    assert np.allclose(vector, expected, atol=1e-5)
+    (alone,) = (await embedder.embed_documents([once])).vectors
+    mean = model.table[np.asarray(ids)].mean(axis=0)
+    assert cosine(vector, alone) > cosine(mean.tolist(), alone) + 0.2
+    # a text that repeats nothing: the plain mean
+    (plain,) = (await embedder.embed_documents([f"{once} {often}"])).vectors
+    pair = model.table[model.tokenizer.encode(f"{once} {often}", add_special_tokens=False).ids]
+    assert np.allclose(plain, pair.mean(axis=0) / np.linalg.norm(pair.mean(axis=0)), atol=1e-5)
 
 
 async def test_usage_counts_the_tokenizers_tokens_and_batches(embedder: LocalEmbedder) -> None:
