@@ -30,7 +30,7 @@ from worker.llm.offline import OfflineProvider
 from worker.settings import Settings
 from worker.store import Store
 
-LOCAL_MODEL = "wordllama-l2-supercat-256"
+LOCAL_MODEL = "wordllama-l2-supercat-256+logtf"
 
 
 @pytest.fixture
@@ -214,9 +214,11 @@ async def test_a_requeue_from_embed_embeds_what_another_model_embedded(
     await drive(deps, db_dsn, import_id)
     chunks = published(db_dsn)
     stale = [c["id"] for c in chunks[::3]]
+    # The bare model name: vectors of the local model pooled by the plain mean.
     query(
         db_dsn,
-        "update conversation_chunks set embedding_model = 'an-older-model' where id = any(%s)",
+        "update conversation_chunks set embedding_model = 'wordllama-l2-supercat-256'"
+        " where id = any(%s)",
         (stale,),
     )
     query(db_dsn, "select public.requeue_import(%s, 'embed')", (import_id,))

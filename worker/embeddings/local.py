@@ -57,6 +57,11 @@ from worker.errors import NeedsOperator
 
 MODEL: Final = "wordllama-l2-supercat-256"
 DIMENSION: Final = 256
+#: How token vectors are pooled into a text's vector (a token said n times
+#: weighs 1 / (1 + ln n)). It is part of the name recorded beside each
+#: embedding, so vectors pooled another way (the plain mean, recorded as the
+#: bare model name) count as another model's and a backfill embeds them again.
+POOLING: Final = "logtf"
 _PACKAGE: Final = "wordllama"
 _WEIGHTS: Final = Path("weights", "l2_supercat_256.safetensors")
 _TOKENIZER: Final = Path("tokenizers", "l2_supercat_tokenizer_config.json")
@@ -160,7 +165,7 @@ class LocalEmbedder(BatchingEmbedder):
         if resolved.provider != "local":
             raise ValueError(f"{resolved.model} is not a local model")
         super().__init__(
-            model=resolved.model,
+            model=f"{resolved.model}+{POOLING}",
             dimension=resolved.dimension,
             max_batch=resolved.batch,
             max_input_chars=resolved.max_input_chars,

@@ -114,11 +114,11 @@ def test_model_files_ship_inside_the_package() -> None:
 async def test_unit_vectors_where_similar_scores_higher(embedder: LocalEmbedder) -> None:
     assert (embedder.name, embedder.model, embedder.dimension) == (
         "local",
-        "wordllama-l2-supercat-256",
+        "wordllama-l2-supercat-256+logtf",
         256,
     )
     result = await embedder.embed_documents([*SIMILAR, UNRELATED])
-    assert result.model == "wordllama-l2-supercat-256"
+    assert result.model == "wordllama-l2-supercat-256+logtf"
     for vector in result.vectors:
         assert len(vector) == 256
         assert math.isclose(math.fsum(x * x for x in vector), 1.0, rel_tol=1e-5)
