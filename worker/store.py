@@ -342,14 +342,10 @@ class Store:
     async def claim(self, import_id: UUID, generation: int, stage: str) -> Claim | None:
         """Claim ``stage`` for the job of ``generation`` (None: stale or duplicate job)."""
         params = {"import_id": import_id, "generation": generation, "stage": stage}
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn:
             row = await (await conn.execute(queries.CLAIM_STAGE, params)).fetchone()
-            if row is None:
-                return None
-            await conn.execute(
-                queries.MIRROR_PROFILE,
-                {"user_id": row["user_id"], "status": "processing", "error": None},
-            )
+        if row is None:
+            return None
         imp = _import_row(row)
         fence = Fence(imp.id, imp.generation, stage, row["lease"])
         return Claim(imp, fence, int(row["attempts"]))
