@@ -7,6 +7,7 @@ statement. Through real PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,35 @@ def test_no_job_no_write(db_dsn: str) -> None:
         db_dsn, "select id from public.fullpass_fetch_job(array['imports'], %s)", (worker_id,)
     )
     assert row == [{"id": None}]
+
+
+async def test_the_pool_tests_a_connection_only_after_it_sat_idle(
+    db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import service
+
+    checked: list[object] = []
+    real = AsyncConnectionPool.check_connection
+
+    async def counting(conn: Any) -> None:
+        checked.append(conn)
+        await real(conn)
+
+    monkeypatch.setattr(AsyncConnectionPool, "check_connection", staticmethod(counting))
+    monkeypatch.setattr(service, "CHECK_IDLE_SECONDS", 0.2)
+    pool = service.make_pool(db_dsn, max_size=1)
+    await pool.open(wait=True)
+    try:
+        async with pool.connection() as conn:  # never lent before: tested
+            await conn.execute("select 1")
+        assert len(checked) == 1
+        for _ in range(3):  # just returned: lent as it is
+            async with pool.connection() as conn:
+                await conn.execute("select 1")
+        assert len(checked) == 1
+        await asyncio.sleep(0.3)
+        async with pool.connection() as conn:  # idle for a while: tested again
+            await conn.execute("select 1")
+        assert len(checked) == 2
+    finally:
+        await pool.close()
