@@ -12,7 +12,7 @@ LOCKS := requirements/build-lock.txt requirements/lock.txt requirements/dev-lock
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCKS) | cksum | cut -d' ' -f1)
 PIP_INSTALL := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: venv lock demo sample test test-fast lint format migrate worker bench-ingest bench-pipeline bench-rate bench-embed eval clean
+.PHONY: venv lock demo sample test test-fast lint format migrate worker bench-ingest bench-pipeline bench-scale bench-rate bench-embed eval clean
 
 venv: $(STAMP)
 
@@ -80,6 +80,12 @@ bench-ingest: venv
 
 bench-pipeline: venv
 	$(BIN)/python bench/pipeline.py
+
+# One to three workers against the fake Messages API, and queue pickup latency
+# (BENCH_ARGS=--scenario pickup, --latency 0.5, --repeat 3 ...).
+BENCH_ARGS ?=
+bench-scale: venv
+	$(BIN)/python bench/scale.py $(BENCH_ARGS)
 
 # Three workers under one organisation's rate limit (half the fleet's demand), sharing the budget.
 bench-rate: venv

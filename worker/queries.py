@@ -17,7 +17,8 @@ from typing import LiteralString
 #: for the stage (a job requeued from a stalled worker gets a new lease, and
 #: the stalled one, if it ever wakes up, finds its lease gone). Returns the
 #: import row, the stage's new attempt number and the lease, or nothing
-#: (stale or duplicate job).
+#: (stale or duplicate job). One statement (one round trip, one commit): the
+#: user's profile shows the pass processing in the same transaction.
 CLAIM_STAGE: LiteralString = """
 WITH imp AS (
     SELECT * FROM public.imports
@@ -48,7 +49,8 @@ WITH imp AS (
     RETURNING i.id
 )
 SELECT imp.id, imp.user_id, imp.storage_path, imp.source, imp.options, imp.generation,
-       imp.status, st.attempts, st.lease
+       imp.status, st.attempts, st.lease,
+       public.fullpass_mirror_profile(imp.user_id, 'processing', NULL) AS mirrored
   FROM imp, st
 """
 
@@ -848,7 +850,8 @@ SELECT id, status, stage, updated_at FROM public.imports
 
 # --- the queue -------------------------------------------------------------
 
-#: procrastinate's fetch, with fullpass's rule on lanes (migration 0009).
+#: procrastinate's fetch, with fullpass's rule on lanes (migration 0009); its
+#: commit does not wait for the WAL flush (0012: the claim that follows does).
 FETCH_JOB: LiteralString = """
 SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,
        attempts, worker_id

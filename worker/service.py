@@ -18,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import weakref
 from collections.abc import Iterable
+from typing import Any
 
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -54,14 +57,43 @@ async def _keep_reconnecting(pool: AsyncConnectionPool[Conn]) -> None:
         await pool.check()  # grows the pool again when it has no connection
 
 
+#: A pooled connection idle for longer than this is tested before it is lent.
+CHECK_IDLE_SECONDS = 10.0
+
+
+class Pool(AsyncConnectionPool[Conn]):
+    """The pool, remembering when each connection came back (see :func:`_check_if_idle`)."""
+
+    def __init__(self, dsn: str, **kwargs: Any) -> None:
+        self._returned: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
+        super().__init__(dsn, check=self._check_if_idle, **kwargs)
+
+    async def putconn(self, conn: Conn) -> None:
+        self._returned[conn] = time.monotonic()
+        await super().putconn(conn)
+
+    async def _check_if_idle(self, conn: Conn) -> None:
+        """Test a connection before lending it, unless it was in use moments ago.
+
+        The test is a round trip on every job fetch and every claim, whose
+        latency it adds to the pickup of every import. A connection that
+        worked seconds ago is as likely to have died since as one in use: a
+        query on a dead connection fails like any lost connection (a stage is
+        retried; a job fetch tries again), and the listener and the heartbeat,
+        which notice a restarted server first, renew the whole pool.
+        """
+        returned = self._returned.get(conn)
+        if returned is None or time.monotonic() - returned > CHECK_IDLE_SECONDS:
+            await AsyncConnectionPool.check_connection(conn)
+
+
 def make_pool(dsn: str, *, max_size: int) -> AsyncConnectionPool[Conn]:
-    return AsyncConnectionPool(
+    return Pool(
         dsn,
         min_size=1,
         max_size=max_size,
         kwargs={"row_factory": dict_row},
         configure=_autocommit,
-        check=AsyncConnectionPool.check_connection,
         # A reconnection retries with backoff (1, 2, 4 s ...) for this long,
         # then starts over (see _keep_reconnecting): the delay between tries
         # stays short, so a restarted server is found again within ~2 s.

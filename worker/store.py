@@ -369,14 +369,10 @@ class Store:
         ``model``: the model the stage calls, recorded on its row.
         """
         params = {"import_id": import_id, "generation": generation, "stage": stage, "model": model}
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn:
             row = await (await conn.execute(queries.CLAIM_STAGE, params)).fetchone()
-            if row is None:
-                return None
-            await conn.execute(
-                queries.MIRROR_PROFILE,
-                {"user_id": row["user_id"], "status": "processing", "error": None},
-            )
+        if row is None:
+            return None
         imp = _import_row(row)
         fence = Fence(imp.id, imp.generation, stage, row["lease"])
         return Claim(imp, fence, int(row["attempts"]))
