@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 import psycopg  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
+from tests.fakes.rewording import iso_dates  # noqa: E402
 from tests.gen_export import Options, write_export, write_truth  # noqa: E402
 from worker import embedded, migrate  # noqa: E402
 from worker.llm.anthropic_provider import AnthropicProvider  # noqa: E402
@@ -76,13 +77,19 @@ PRICE_IN, PRICE_OUT, CACHE_READ_FACTOR, BATCH_FACTOR = 1.0, 5.0, 0.1, 0.5
 
 
 _WORD = re.compile(r"[^\W_]{3,}")
+_ISO = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 STOP_WORDS = "really strongly the and for with that this not was are our its"
 _STOP = frozenset(STOP_WORDS.split(" "))
 
 
 def stems(text: str) -> frozenset[str]:
-    """Content words cut to 5 letters: "I really prefer X" and "Prefers X" share them."""
-    return frozenset(w[:5] for w in _WORD.findall(text.casefold()) if w not in _STOP)
+    """Content words cut to 5 letters: "I really prefer X" and "Prefers X" share them.
+
+    Dates count in either form: "March 20, 2026" and "2026-03-20" both give the
+    word ``20260320`` (numbers are not cut).
+    """
+    folded = _ISO.sub(r"\1\2\3", iso_dates(text)).casefold()
+    return frozenset(w if w.isdigit() else w[:5] for w in _WORD.findall(folded) if w not in _STOP)
 
 
 MONTH_NAMES = (
@@ -133,14 +140,26 @@ def naive_tokens(provider: AnthropicProvider, chunks: list[dict[str, Any]]) -> i
     return total
 
 
+#: Every fact that reaches reduce, by conversation: the map step's, and those
+#: the chunks' saved memories and custom instructions were filed as.
+FOUND_FACTS = (
+    "select c.conversation_id, f.facts from chunk_facts f"
+    " join conversation_chunks c on c.id = f.chunk_id"
+    " union all"
+    " select c.conversation_id, s.facts from chunk_saved_facts s"
+    " join conversation_chunks c on c.id = s.chunk_id"
+)
+
+
 def recall(dsn: str, facts_file: Path) -> dict[str, Any]:
     planted = json.loads(facts_file.read_text())
+    return score(planted, rows(dsn, FOUND_FACTS))
+
+
+def score(planted: dict[str, Any], extracted: list[dict[str, Any]]) -> dict[str, Any]:
+    """Planted facts found, and decoys found, among ``extracted`` (rows of FOUND_FACTS)."""
     by_conv: dict[str, list[frozenset[str]]] = {}
-    for r in rows(
-        dsn,
-        "select c.conversation_id, f.facts from chunk_facts f"
-        " join conversation_chunks c on c.id = f.chunk_id",
-    ):
+    for r in extracted:
         strings = by_conv.setdefault(r["conversation_id"], [])
         for items in r["facts"].values():
             for item in items:
