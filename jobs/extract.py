@@ -427,14 +427,23 @@ async def _record(
     ctx: StageContext, group: _Group, result: LLMResult[Facts], state: _MapState
 ) -> None:
     state.extracted += len(group.members)
-    saved = Facts.of(item for m in group.members for item in m.saved.items())
-    shares = attribute(
-        without_saved_facts(result.value, saved), [m.transcript for m in group.members]
+    shares = pack_shares(
+        result.value, [m.transcript for m in group.members], [m.saved for m in group.members]
     )
     rows = [
         FactsRow(m.chunk_id, m.content_hash, f) for m, f in zip(group.members, shares, strict=True)
     ]
     await ctx.store.checkpoint_facts(rows, result.usage, result.model or ctx.llm.model)
+
+
+def pack_shares(facts: Facts, transcripts: list[str], saved: list[Facts]) -> list[Facts]:
+    """Each chunk's share of a pack's facts (:func:`attribute`), less its own saved facts.
+
+    A chunk's restatement of what it saved is dropped from that chunk only: the
+    same fact said in another conversation of the pack is that one's.
+    """
+    shares = attribute(facts, transcripts)
+    return [without_saved_facts(f, s) for f, s in zip(shares, saved, strict=True)]
 
 
 def without_saved_facts(facts: Facts, saved: Facts) -> Facts:

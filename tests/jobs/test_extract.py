@@ -15,7 +15,15 @@ from psycopg_pool import AsyncConnectionPool
 from jobs.domain import rules
 from jobs.domain.facts import BY_KEY, DateFact, Facts, Project, Sentence, sources_of
 from jobs.domain.transcript import condense_transcript, novel_part
-from jobs.extract import _WORD, _group, _stems, attribute, pack_id, without_saved_facts
+from jobs.extract import (
+    _WORD,
+    _group,
+    _stems,
+    attribute,
+    pack_id,
+    pack_shares,
+    without_saved_facts,
+)
 from tests.conftest import USER_A, make_settings, query
 from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault
 from tests.fakes.plugin import anthropic_provider
@@ -281,6 +289,19 @@ def test_what_the_model_restates_of_the_saved_facts_counts_once() -> None:
     kept = without_saved_facts(said, saved)
     assert kept.preferences == ["Drinks oolong tea."]
     assert without_saved_facts(said, Facts()) == said
+
+
+def test_a_fact_one_chunk_of_a_pack_saved_stays_with_the_chunk_that_says_it() -> None:
+    fact = "I really prefer spaces over tabs."
+    said = f"User: {fact} Anyway, the ledger."
+    saved_elsewhere = f"Saved memory: User said: {fact}\n\nUser: the harbour schedule."
+    saved = rules.saved_facts("memory", f"User said: {fact}")
+    answer = Facts(preferences=[fact])
+
+    shares = pack_shares(answer, [said, saved_elsewhere], [Facts(), saved])
+
+    assert shares[0].preferences == [fact]
+    assert shares[1].preferences == []
 
 
 async def test_saved_memories_survive_a_model_that_only_answers_garbage(
