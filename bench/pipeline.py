@@ -252,8 +252,9 @@ async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, 
                 await asyncio.sleep(0.1)
             import_id = rows(
                 dsn,
-                "insert into imports (user_id, storage_path) values (%s, %s) returning id",
-                (user, storage_path),
+                "insert into imports (user_id, storage_path, options) values (%s, %s, %s)"
+                " returning id",
+                (user, storage_path, json.dumps(args.options)),
             )[0]["id"]
             started = time.monotonic()
             with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
@@ -368,6 +369,12 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=10)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--keep", action="store_true", help="keep the database and scratch files")
+    p.add_argument(
+        "--options",
+        type=json.loads,
+        default={},
+        help='the import\'s options (JSON: {"paste_chars": 0})',
+    )
     result = asyncio.run(run(p.parse_args()))
     print(json.dumps(result, indent=2))
 

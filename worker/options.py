@@ -69,6 +69,12 @@ class Options(BaseModel):
     sample_conversations: int = Field(
         default=200, ge=1, le=1000, description="conversations sampled for the persona sections"
     )
+    sample_tokens: int = Field(
+        default=30_000,
+        ge=1000,
+        le=1_000_000,
+        description="tokens of conversation excerpts sent for the persona sections at most",
+    )
     context_window_tokens: int = Field(
         default=200_000, ge=20_000, le=1_000_000, description="the model's context window"
     )

@@ -30,6 +30,7 @@ def deep(levels: int) -> str:
         ({"concurrency": 500}, "options.concurrency must be between 1 and 100, not 500"),
         ({"paste_chars": -1}, "options.paste_chars must be between 0 and 200000, not -1"),
         ({"paste_chars": "2000"}, 'options.paste_chars must be an integer, not "2000"'),
+        ({"sample_tokens": 10}, "options.sample_tokens must be between 1000 and 1000000, not 10"),
         ({"concurrency": 4.5}, "options.concurrency must be an integer, not 4.5"),
         ({"concurrency": "4"}, 'options.concurrency must be an integer, not "4"'),
         ({"colour": "red"}, 'options: unknown key "colour"'),
