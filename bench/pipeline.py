@@ -1,7 +1,7 @@
 """Benchmark: a full import against the fake Messages API with fixed latency.
 
     .venv/bin/python bench/pipeline.py [--conversations 2000] [--latency 0.2] [--concurrency 10]
-                                       [--keep]
+                                       [--options '{"paste_chars": 0}'] [--sweep] [--keep]
 
 Reports, for the extract (map) stage:
 - wall time against the ideal ``calls * latency / concurrency`` (target ≥ 0.9 of ideal);
@@ -10,7 +10,13 @@ Reports, for the extract (map) stage:
 - recall of the planted facts (the ground truth of :mod:`tests.gen_export`) in
   the extracted facts (target ≥ 0.98) and decoys found (target 0);
 - estimated cost per 90 MB export at Haiku 4.5 list prices ($1 / $5 per
-  million input / output tokens; cache reads at 0.1x, batch at 0.5x).
+  million input / output tokens; cache reads at 0.1x, batch at 0.5x);
+- where the tokens go (``spend``): the map step's prompt by part (the user's
+  turns, assistant excerpts, saved memories, labels and headers, the cached
+  fixed prompt), what the paste cut took out, the output, the other stages.
+
+``--sweep`` runs it once per ``paste_chars`` value of :data:`SWEEP` and adds
+the curve (tokens and cost against recall) to the results.
 
 The worker (``fullpass worker``) and the fake server each run in a process of
 their own; the fake answers every call after the given latency, its own work
@@ -46,11 +52,13 @@ sys.path.insert(0, str(REPO))
 import psycopg  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
+from jobs.domain.transcript import condense_transcript, novel_part, turn_spans  # noqa: E402
 from tests.fakes.rewording import iso_dates  # noqa: E402
 from tests.gen_export import Options, write_export, write_truth  # noqa: E402
 from worker import embedded, migrate  # noqa: E402
 from worker.llm.anthropic_provider import AnthropicProvider  # noqa: E402
 from worker.llm.base import ExtractionInput  # noqa: E402
+from worker.options import Options as PasteOptions  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "pipeline.json"
@@ -182,6 +190,92 @@ def score(planted: dict[str, Any], extracted: list[dict[str, Any]]) -> dict[str,
         "found": found,
         "recall": round(found / n, 4) if n else 1.0,
         "decoys_found": len(decoys),
+    }
+
+
+def spend(
+    dsn: str,
+    import_id: Any,
+    options: dict[str, Any],
+    served: dict[str, Any],
+    extract: dict[str, Any],
+    per_mb: float,
+) -> dict[str, Any]:
+    """Where the tokens go: the map step's prompt by part, its output, the other stages.
+
+    The map step's transcripts are condensed again here as the stage did (same
+    order, same options), and split by speaker; what the paste cut took out
+    is the difference with the same transcripts condensed without it.
+    Token counts are for this export; ``usd_per_90mb`` at list prices, online.
+    """
+    paste_chars = options.get("paste_chars", PasteOptions().paste_chars)
+    chunks = rows(
+        dsn,
+        "select conversation_id, chunk_index, content from conversation_chunks"
+        " where import_id = %s order by created_at nulls last, conversation_id, chunk_index",
+        (import_id,),
+    )
+    parts: dict[str, int] = dict.fromkeys(("user", "assistant", "saved", "labels"), 0)
+    whole = cut = 0
+    seen: set[str] = set()
+    previous: dict[str, Any] | None = None
+    for c in chunks:
+        text = c["content"]
+        if (
+            previous is not None
+            and previous["conversation_id"] == c["conversation_id"]
+            and previous["chunk_index"] + 1 == c["chunk_index"]
+        ):
+            text = novel_part(previous["content"], text)
+        previous = c
+        transcript = condense_transcript(text, paste_chars=paste_chars, seen=seen)
+        whole += len(condense_transcript(text))
+        cut += len(transcript)
+        for speaker, start, end in turn_spans(transcript):
+            key = speaker if speaker in ("user", "assistant") else "saved"
+            parts[key] += end - start
+        parts["labels"] += len(transcript) - sum(
+            end - start for _, start, end in turn_spans(transcript)
+        )
+    cached = served["cache_read"] + served["cache_write"]
+    prompt = extract["input_tokens"] + cached
+    tokens = {
+        "user_turns": parts["user"] // 4,
+        "assistant_excerpts": parts["assistant"] // 4,
+        "saved_memories_and_instructions": parts["saved"] // 4,
+        "labels_headers_and_wrappers": prompt
+        - cached
+        - sum(parts.values()) // 4
+        + parts["labels"] // 4,
+        "fixed_prompt_cached": cached,
+        "output": extract["output_tokens"],
+    }
+    stages = rows(
+        dsn,
+        "select stage, input_tokens, output_tokens from import_stages"
+        " where import_id = %s and stage not in ('extract')"
+        " and (input_tokens > 0 or output_tokens > 0)",
+        (import_id,),
+    )
+    usd = {
+        "user_turns": tokens["user_turns"],
+        "assistant_excerpts": tokens["assistant_excerpts"],
+        "saved_memories_and_instructions": tokens["saved_memories_and_instructions"],
+        "labels_headers_and_wrappers": tokens["labels_headers_and_wrappers"],
+        "fixed_prompt_cached": served["cache_read"] * CACHE_READ_FACTOR
+        + served["cache_write"] * 1.25,
+        "output": tokens["output"] * PRICE_OUT,
+    }
+    for r in stages:
+        usd[r["stage"]] = r["input_tokens"] * PRICE_IN + r["output_tokens"] * PRICE_OUT
+    return {
+        "paste_chars": paste_chars,
+        "extract_prompt_tokens": tokens,
+        "pastes_cut_tokens": (whole - cut) // 4,
+        "other_stages": {
+            r["stage"]: {"input": r["input_tokens"], "output": r["output_tokens"]} for r in stages
+        },
+        "usd_per_90mb_online": {k: round(v / 1e6 * per_mb, 3) for k, v in usd.items()},
     }
 
 
@@ -354,9 +448,8 @@ async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, 
         },
         "facts": recall(dsn, facts),
         "cost_per_90mb_usd": {"online": round(cost_online, 2), "batch": round(cost_batch, 2)},
+        "spend": spend(dsn, import_id, args.options, served, stage, per_mb),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -375,8 +468,57 @@ def main() -> None:
         default={},
         help='the import\'s options (JSON: {"paste_chars": 0})',
     )
-    result = asyncio.run(run(p.parse_args()))
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="run once per paste_chars value of SWEEP and add the curve to the results",
+    )
+    args = p.parse_args()
+    result = measure(args)
+    if args.sweep:
+        default = result["spend"]["paste_chars"]
+        curve = []
+        for value in SWEEP:
+            point = (
+                result
+                if value == default
+                else measure(
+                    argparse.Namespace(
+                        **{**vars(args), "options": {**args.options, "paste_chars": value}}
+                    )
+                )
+            )
+            curve.append(
+                {
+                    "paste_chars": value,
+                    "prompt_tokens": point["extract"]["prompt_tokens"],
+                    "pastes_cut_tokens": point["spend"]["pastes_cut_tokens"],
+                    "recall": point["facts"]["recall"],
+                    "decoys_found": point["facts"]["decoys_found"],
+                    **point["cost_per_90mb_usd"],
+                }
+            )
+            print(json.dumps(curve[-1]), file=sys.stderr)
+        result["sweep"] = curve
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+#: The paste_chars values ``--sweep`` runs (0: pastes sent whole).
+SWEEP = (0, 8000, 4000, 2000, 1000, 500)
+
+
+def measure(args: argparse.Namespace, attempts: int = 3) -> dict[str, Any]:
+    """One run; a run whose import failed is tried again (the error is printed)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return asyncio.run(run(args))
+        except SystemExit as exc:
+            if attempt == attempts:
+                raise
+            print(f"run {attempt} failed ({exc}); again", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 if __name__ == "__main__":
