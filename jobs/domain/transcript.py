@@ -105,21 +105,25 @@ def condense_transcript(
 ) -> str:
     """Keep user turns (capped per message), trim assistant turns to an excerpt.
 
-    A user turn longer than ``paste_chars`` (0: none) has its pasted material
-    cut (:func:`cut_pastes`, with ``seen``). Returns "" when the chunk holds no
-    user text at all: nothing to extract.
+    Assistant turns after the last of the user's words are left out: they
+    give context to nothing. A user turn longer than ``paste_chars`` (0: none)
+    has its pasted material cut (:func:`cut_pastes`, with ``seen``). Returns
+    "" when the chunk holds no user text at all: nothing to extract.
     """
     out: list[str] = []
     speaker: Speaker | None = None
     budget = 0
     has_user = False
     turn_start = 0  # where the current turn starts in ``out``
+    words_end = 0  # where the last turn that is not the assistant's ends in ``out``
 
     def end_turn() -> None:
+        nonlocal words_end
         if speaker == "user" and paste_chars and turn_start < len(out):
             turn = "\n".join(out[turn_start:])
             if len(turn) > paste_chars:
                 out[turn_start:] = [cut_pastes(turn, seen)]
+                words_end = len(out)
 
     for line in content.splitlines():
         m = _LABEL.match(line)
@@ -142,8 +146,9 @@ def condense_transcript(
             if piece.strip() and speaker in USERS_WORDS:
                 has_user = True
             out.append(piece)
+            words_end = len(out)
     end_turn()
-    return "\n".join(out).strip() if has_user else ""
+    return "\n".join(out[:words_end]).strip() if has_user else ""
 
 
 # --------------------------------------------------------------------------- pastes

@@ -39,6 +39,7 @@ from tests.fakes.fake_anthropic import (
     _tagged,
 )
 from tests.helpers import gen_export, insert_import
+from worker.options import Options
 
 _REGISTERED = re.compile(r"registered as queue worker (\d+)")
 RESULTS = REPO / "bench" / "results" / "chaos-last-run.json"
@@ -432,14 +433,15 @@ def audit_extractions(
         for r in rows:
             # A chunk goes out whole, or without the overlap it shares with the
             # chunk before it when both were extracted in the same run.
-            sent = {condense_transcript(r["content"])}
+            texts = [r["content"]]
             if (
                 previous is not None
                 and previous["conversation_id"] == r["conversation_id"]
                 and previous["chunk_index"] == r["chunk_index"] - 1
             ):
-                sent.add(condense_transcript(novel_part(previous["content"], r["content"])))
+                texts.append(novel_part(previous["content"], r["content"]))
             previous = r
+            sent = {variant for text in texts for variant in _as_sent(text)}
             for transcript in sent - {""}:
                 import_of[r["id"]] = import_id
                 index.setdefault(transcript[:_PREFIX], []).append((r["id"], transcript))
@@ -478,6 +480,23 @@ def audit_extractions(
 
 _PREFIX = 48
 _NEWLINE = re.compile("\n")
+
+
+class _Everything(set[str]):
+    """A set of pastes already sent that holds every paste."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def _as_sent(text: str) -> set[str]:
+    """How a chunk's text may have gone out: whole, with long pastes cut, or them sent before."""
+    paste_chars = Options().paste_chars
+    return {
+        condense_transcript(text),
+        condense_transcript(text, paste_chars=paste_chars),
+        condense_transcript(text, paste_chars=paste_chars, seen=_Everything()),
+    }
 
 
 def _members(text: str, index: dict[str, list[tuple[str, str]]]) -> set[str]:

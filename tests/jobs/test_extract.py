@@ -83,9 +83,8 @@ def test_long_pastes_are_cut_to_their_first_line_and_what_the_user_says() -> Non
     # Short turns, and turns under the threshold, are sent as they are.
     assert condense_transcript(turn, paste_chars=0) == condense_transcript(turn)
     assert condense_transcript(turn, paste_chars=len(turn) + 1) == condense_transcript(turn)
-    assert condense_transcript("User: hello\n\nAssistant: hi", paste_chars=10) == (
-        "User: hello\n\nAssistant: hi"
-    )
+    short = "User: hello\n\nAssistant: hi\n\nUser: bye"
+    assert condense_transcript(short, paste_chars=10) == short
 
 
 def test_a_paste_sent_once_is_not_sent_again() -> None:
@@ -100,6 +99,19 @@ def test_a_paste_sent_once_is_not_sent_again() -> None:
     attached = cut_pastes(f"User: summarise\n\n[Attachment: notes.md]\n{_DOC}", set())
     assert attached.startswith("User: summarise\n\n[Attachment: notes.md]")
     assert len(attached) < 300
+
+
+def test_assistant_turns_after_the_users_last_words_are_left_out() -> None:
+    content = (
+        "Assistant (continued): the end of an answer.\n\nUser: I really prefer tabs.\n\n"
+        "Assistant: a reply to that, which explains nothing the user said.\n\n"
+        "Assistant: and another one."
+    )
+    assert condense_transcript(content) == (
+        "Assistant (continued): the end of an answer.\n\nUser: I really prefer tabs."
+    )
+    pasted = f"User: fix it\n\n{_LOG}\n\nthanks\n\nAssistant: done, here it is."
+    assert condense_transcript(pasted, paste_chars=500).endswith("thanks")
 
 
 def _settings(db_dsn: str, tmp_path: Path, fake: FakeAnthropicServer, **kw: Any) -> Settings:
