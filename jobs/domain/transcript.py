@@ -13,6 +13,7 @@ into sentences, the unit the fact rules work on.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from typing import Final, Literal
@@ -189,7 +190,8 @@ def cut_pastes(turn: str, seen: set[str] | None = None) -> str:
     or line in which someone speaks in the first person ("I", "my", "we",
     ...), where facts about the user sit; the rest becomes one marker with its
     size. Material already in ``seen`` (sent earlier in the import) becomes a
-    marker alone; material not seen yet is added to it.
+    marker alone; material not seen yet is added to it (a hash of it: the set
+    stays small however much was pasted).
     """
     label = _LABEL.match(turn)
     head = turn[: label.end()] if label else ""
@@ -200,8 +202,9 @@ def cut_pastes(turn: str, seen: set[str] | None = None) -> str:
         if kind == "prose" and (len(blocks) == 1 or edge) and len(text) <= OWN_WORDS_CHARS:
             out.append(text)
             continue
-        key = " ".join(text.split())
-        if seen is not None and len(key) > OWN_WORDS_CHARS and key in seen:
+        folded = " ".join(text.split())
+        key = hashlib.blake2b(folded.encode(), digest_size=16).hexdigest()
+        if seen is not None and len(folded) > OWN_WORDS_CHARS and key in seen:
             out.append(f"[… the same pasted text as earlier, {len(text):,} characters …]")
             continue
         if seen is not None:
