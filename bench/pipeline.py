@@ -1,7 +1,8 @@
 """Benchmark: a full import against the fake Messages API with fixed latency.
 
     .venv/bin/python bench/pipeline.py [--conversations 2000] [--latency 0.2] [--concurrency 10]
-                                       [--reimport PCT] [--keep]
+                                       [--reimport PCT] [--options '{"paste_chars": 0}'] [--sweep]
+                                       [--keep]
 
 Reports, for the extract (map) stage:
 - wall time against the ideal ``calls * latency / concurrency`` (target ≥ 0.9 of ideal);
@@ -13,7 +14,13 @@ Reports, for the extract (map) stage:
   pipeline books at each stage's model's list price (the settings' one table;
   Haiku 4.5 by default: $1 / $5 per million input / output tokens, cache
   reads at 0.1x, writes at 1.25x), and with the map step in batch mode (its
-  model's batch discount).
+  model's batch discount);
+- where the tokens go (``spend``): the map step's prompt by part (the user's
+  turns, assistant excerpts, saved memories, labels and headers, the cached
+  fixed prompt), what the paste cut took out, the output, the other stages.
+
+``--sweep`` runs it once per ``paste_chars`` value of :data:`SWEEP` and adds
+the curve (tokens and cost against recall) to the results.
 
 With ``--reimport PCT`` the same user then imports the same history grown by
 PCT % new conversations (the generator's first conversations are the same for
@@ -55,11 +62,14 @@ sys.path.insert(0, str(REPO))
 import psycopg  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
+from jobs.domain.transcript import condense_transcript, novel_part, turn_spans  # noqa: E402
+from tests.fakes.rewording import iso_dates  # noqa: E402
 from tests.gen_export import Options, write_export, write_truth  # noqa: E402
 from worker import embedded, migrate  # noqa: E402
 from worker.llm.anthropic_provider import AnthropicProvider  # noqa: E402
 from worker.llm.base import ExtractionInput  # noqa: E402
-from worker.settings import Settings  # noqa: E402
+from worker.options import Options as PasteOptions  # noqa: E402
+from worker.settings import ModelPrice, Settings  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "pipeline.json"
 #: The fake Messages API runs in its own process, as the real one would: in this
@@ -85,13 +95,19 @@ with FakeAnthropicServer(latency=float(sys.argv[1])) as fake:
 
 
 _WORD = re.compile(r"[^\W_]{3,}")
+_ISO = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 STOP_WORDS = "really strongly the and for with that this not was are our its"
 _STOP = frozenset(STOP_WORDS.split(" "))
 
 
 def stems(text: str) -> frozenset[str]:
-    """Content words cut to 5 letters: "I really prefer X" and "Prefers X" share them."""
-    return frozenset(w[:5] for w in _WORD.findall(text.casefold()) if w not in _STOP)
+    """Content words cut to 5 letters: "I really prefer X" and "Prefers X" share them.
+
+    Dates count in either form: "March 20, 2026" and "2026-03-20" both give the
+    word ``20260320`` (numbers are not cut).
+    """
+    folded = _ISO.sub(r"\1\2\3", iso_dates(text)).casefold()
+    return frozenset(w if w.isdigit() else w[:5] for w in _WORD.findall(folded) if w not in _STOP)
 
 
 MONTH_NAMES = (
@@ -142,15 +158,26 @@ def naive_tokens(provider: AnthropicProvider, chunks: list[dict[str, Any]]) -> i
     return total
 
 
+#: Every fact that reaches reduce, by conversation: the map step's, and those
+#: the chunks' saved memories and custom instructions were filed as.
+FOUND_FACTS = (
+    "select c.conversation_id, f.facts from chunk_facts f"
+    " join conversation_chunks c on c.id = f.chunk_id where f.import_id = %(import_id)s"
+    " union all"
+    " select c.conversation_id, s.facts from chunk_saved_facts s"
+    " join conversation_chunks c on c.id = s.chunk_id where s.import_id = %(import_id)s"
+)
+
+
 def recall(dsn: str, facts_file: Path, import_id: Any) -> dict[str, Any]:
     planted = json.loads(facts_file.read_text())
+    return score(planted, rows(dsn, FOUND_FACTS, {"import_id": import_id}))
+
+
+def score(planted: dict[str, Any], extracted: list[dict[str, Any]]) -> dict[str, Any]:
+    """Planted facts found, and decoys found, among ``extracted`` (rows of FOUND_FACTS)."""
     by_conv: dict[str, list[frozenset[str]]] = {}
-    for r in rows(
-        dsn,
-        "select c.conversation_id, f.facts from chunk_facts f"
-        " join conversation_chunks c on c.id = f.chunk_id where f.import_id = %s",
-        (import_id,),
-    ):
+    for r in extracted:
         strings = by_conv.setdefault(r["conversation_id"], [])
         for items in r["facts"].values():
             for item in items:
@@ -174,6 +201,103 @@ def recall(dsn: str, facts_file: Path, import_id: Any) -> dict[str, Any]:
         "recall": round(found / n, 4) if n else 1.0,
         "decoys_found": len(decoys),
     }
+
+
+def spend(
+    dsn: str,
+    import_id: Any,
+    options: dict[str, Any],
+    served: dict[str, Any],
+    extract: dict[str, Any],
+    per_mb: float,
+    settings: Settings,
+) -> dict[str, Any]:
+    """Where the tokens go: the map step's prompt by part, its output, the other stages.
+
+    The map step's transcripts are condensed again here as the stage did (same
+    order, same options), and split by speaker; what the paste cut took out
+    is the difference with the same transcripts condensed without it.
+    Token counts are for this export; ``usd_per_90mb`` at each stage's model's
+    list prices (the settings' table), online.
+    """
+    paste_chars = options.get("paste_chars", PasteOptions().paste_chars)
+    chunks = rows(
+        dsn,
+        "select conversation_id, chunk_index, content from conversation_chunks"
+        " where import_id = %s order by created_at nulls last, conversation_id, chunk_index",
+        (import_id,),
+    )
+    parts: dict[str, int] = dict.fromkeys(("user", "assistant", "saved", "labels"), 0)
+    whole = cut = 0
+    seen: set[str] = set()
+    previous: dict[str, Any] | None = None
+    for c in chunks:
+        text = c["content"]
+        if (
+            previous is not None
+            and previous["conversation_id"] == c["conversation_id"]
+            and previous["chunk_index"] + 1 == c["chunk_index"]
+        ):
+            text = novel_part(previous["content"], text)
+        previous = c
+        transcript = condense_transcript(text, paste_chars=paste_chars, seen=seen)
+        whole += len(condense_transcript(text))
+        cut += len(transcript)
+        for speaker, start, end in turn_spans(transcript):
+            key = speaker if speaker in ("user", "assistant") else "saved"
+            parts[key] += end - start
+        parts["labels"] += len(transcript) - sum(
+            end - start for _, start, end in turn_spans(transcript)
+        )
+    cached = served["cache_read"] + served["cache_write"]
+    prompt = extract["input_tokens"] + cached
+    tokens = {
+        "user_turns": parts["user"] // 4,
+        "assistant_excerpts": parts["assistant"] // 4,
+        "saved_memories_and_instructions": parts["saved"] // 4,
+        "labels_headers_and_wrappers": prompt
+        - cached
+        - sum(parts.values()) // 4
+        + parts["labels"] // 4,
+        "fixed_prompt_cached": cached,
+        "output": extract["output_tokens"],
+    }
+    stages = rows(
+        dsn,
+        "select stage, model, input_tokens, output_tokens from import_stages"
+        " where import_id = %s and stage not in ('extract')"
+        " and (input_tokens > 0 or output_tokens > 0)",
+        (import_id,),
+    )
+    price = _price(settings, extract["model"])
+    usd = {
+        "user_turns": tokens["user_turns"] * price.input,
+        "assistant_excerpts": tokens["assistant_excerpts"] * price.input,
+        "saved_memories_and_instructions": tokens["saved_memories_and_instructions"] * price.input,
+        "labels_headers_and_wrappers": tokens["labels_headers_and_wrappers"] * price.input,
+        "fixed_prompt_cached": served["cache_read"] * (price.cache_read or price.input * 0.1)
+        + served["cache_write"] * (price.cache_write or price.input * 1.25),
+        "output": tokens["output"] * price.output,
+    }
+    for r in stages:
+        at = _price(settings, r["model"] or extract["model"])
+        usd[r["stage"]] = r["input_tokens"] * at.input + r["output_tokens"] * at.output
+    return {
+        "paste_chars": paste_chars,
+        "extract_prompt_tokens": tokens,
+        "pastes_cut_tokens": (whole - cut) // 4,
+        "other_stages": {
+            r["stage"]: {"input": r["input_tokens"], "output": r["output_tokens"]} for r in stages
+        },
+        "usd_per_90mb_online": {k: round(v / 1e6 * per_mb, 3) for k, v in usd.items()},
+    }
+
+
+def _price(settings: Settings, model: str) -> ModelPrice:
+    price = settings.price_of(model)
+    if price is None:
+        raise SystemExit(f"no list price for {model}: give it with FULLPASS_MODEL_PRICES")
+    return price
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -208,13 +332,17 @@ def _place(work: Path, user: uuid.UUID, export: Path) -> str:
 
 
 async def _import(
-    dsn: str, user: uuid.UUID, storage_path: str, worker: subprocess.Popen[bytes]
+    dsn: str,
+    user: uuid.UUID,
+    storage_path: str,
+    worker: subprocess.Popen[bytes],
+    options: dict[str, Any],
 ) -> tuple[Any, float]:
-    """Insert an import and wait until it ends; its id and wall time."""
+    """Insert an import with ``options`` and wait until it ends; its id and wall time."""
     import_id = rows(
         dsn,
-        "insert into imports (user_id, storage_path) values (%s, %s) returning id",
-        (user, storage_path),
+        "insert into imports (user_id, storage_path, options) values (%s, %s, %s) returning id",
+        (user, storage_path, json.dumps(options)),
     )[0]["id"]
     started = time.monotonic()
     with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
@@ -361,7 +489,7 @@ async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, 
                 if worker.poll() is not None:
                     raise SystemExit(f"the worker exited with status {worker.returncode}")
                 await asyncio.sleep(0.1)
-            import_id, total_wall = await _import(dsn, user, storage_path, worker)
+            import_id, total_wall = await _import(dsn, user, storage_path, worker, args.options)
             served = served_so_far()
             # Read before a re-import replaces the user's chunks.
             chunks = rows(
@@ -372,8 +500,12 @@ async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, 
             )
             found = recall(dsn, facts, import_id)
             if args.reimport:
-                second, second_wall = await _import(dsn, user, _place(work, user, grown), worker)
-                fresh, _ = await _import(dsn, control, _place(work, control, grown), worker)
+                second, second_wall = await _import(
+                    dsn, user, _place(work, user, grown), worker, args.options
+                )
+                fresh, _ = await _import(
+                    dsn, control, _place(work, control, grown), worker, args.options
+                )
                 first_costs, second_costs = _costs(dsn, import_id), _costs(dsn, second)
                 fresh_costs = _costs(dsn, fresh)
                 reimport = {
@@ -466,11 +598,10 @@ async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, 
             "online": round(cost_online, 2) if cost_online is not None else None,
             "batch": round(cost_batch, 2) if cost_batch is not None else None,
         },
+        "spend": spend(dsn, import_id, args.options, served, stage, per_mb, settings),
     }
     if reimport is not None:
         result["reimport"] = reimport
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -490,8 +621,63 @@ def main() -> None:
         help="then import the same history with PCT %% new conversations, as the same user",
     )
     p.add_argument("--keep", action="store_true", help="keep the database and scratch files")
-    result = asyncio.run(run(p.parse_args()))
+    p.add_argument(
+        "--options",
+        type=json.loads,
+        default={},
+        help='the import\'s options (JSON: {"paste_chars": 0})',
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="run once per paste_chars value of SWEEP and add the curve to the results",
+    )
+    args = p.parse_args()
+    result = measure(args)
+    if args.sweep:
+        default = result["spend"]["paste_chars"]
+        curve = []
+        for value in SWEEP:
+            point = (
+                result
+                if value == default
+                else measure(
+                    argparse.Namespace(
+                        **{**vars(args), "options": {**args.options, "paste_chars": value}}
+                    )
+                )
+            )
+            curve.append(
+                {
+                    "paste_chars": value,
+                    "prompt_tokens": point["extract"]["prompt_tokens"],
+                    "pastes_cut_tokens": point["spend"]["pastes_cut_tokens"],
+                    "recall": point["facts"]["recall"],
+                    "decoys_found": point["facts"]["decoys_found"],
+                    **point["cost_per_90mb_usd"],
+                }
+            )
+            print(json.dumps(curve[-1]), file=sys.stderr)
+        result["sweep"] = curve
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+#: The paste_chars values ``--sweep`` runs (0: pastes sent whole).
+SWEEP = (0, 8000, 4000, 2000, 1000, 500)
+
+
+def measure(args: argparse.Namespace, attempts: int = 3) -> dict[str, Any]:
+    """One run; a run whose import failed is tried again (the error is printed)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return asyncio.run(run(args))
+        except SystemExit as exc:
+            if attempt == attempts:
+                raise
+            print(f"run {attempt} failed ({exc}); again", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,10 @@ splits it into pages, lanes on any worker extract them
 once they are all done, to sum up.
 
 Only the user's words are sent in full: assistant turns are cut to a short
-excerpt that gives the user's replies their context, and small chunks are
+excerpt that gives the user's replies their context, the code, logs and
+documents a user pasted into a long turn are cut to their first line and
+what is said in the first person (``paste_chars``, an option), a paste sent
+once is not sent again, and small chunks are
 packed together (each under its own conversation header) up to
 ``pack_tokens`` (an option) per call. Each chunk of a pack has an id in its header
 (``[c2]``) and the model cites, for each fact, the chunks that state it; a fact
@@ -41,13 +44,13 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from jobs.context import Page, PageSource, StageContext, StageResult
-from jobs.domain.facts import Facts, Item, sources_of, text_of, uncited
-from jobs.domain.transcript import condense_transcript, novel_part
+from jobs.domain.facts import Category, Facts, Item, sources_of, text_of, uncited
+from jobs.domain.transcript import condense_transcript, novel_part, turns
 from jobs.fanout import fan_out
 from jobs.outputs import BatchState, ChunkOutput, ExtractOutput, Parked, Skipped
 from worker.errors import StaleJob, Transient
@@ -222,10 +225,11 @@ async def _paged_groups(
     ctx: StageContext, pages: PageSource, state: _MapState, tracker: _PageTracker
 ) -> AsyncIterator[_Group]:
     """The groups of every page the lane takes, one page after the other."""
+    seen: set[str] = set()  # pastes the lane has sent
     while (page := await pages.next()) is not None:
         todo = await ctx.store.extraction_todo(page.chunk_ids)
         tracker.opened(page, len(todo))
-        async for group in _groups(ctx, todo, state, page):
+        async for group in _groups(ctx, todo, state, page, seen):
             tracker.grouped(page)
             yield group
         await tracker.closed(page)
@@ -265,10 +269,20 @@ async def _texts(ctx: StageContext, todo: list[ChunkRef]) -> AsyncIterator[list[
 
 
 async def _groups(
-    ctx: StageContext, todo: list[ChunkRef], state: _MapState, page: Page | None = None
+    ctx: StageContext,
+    todo: list[ChunkRef],
+    state: _MapState,
+    page: Page | None = None,
+    seen: set[str] | None = None,
 ) -> AsyncIterator[_Group]:
-    """Condensed chunks packed into calls; chunks without user text are checkpointed empty."""
+    """Condensed chunks packed into calls; chunks without user text are checkpointed empty.
+
+    Long pastes are cut (the ``paste_chars`` option); one already sent in this
+    run (``seen``) is sent as a marker only.
+    """
     budget = ctx.options.pack_tokens * 4
+    paste_chars = ctx.options.paste_chars
+    seen = set() if seen is None else seen
     pending: list[tuple[ChunkText, str]] = []
     size = 0
     previous: ChunkText | None = None
@@ -279,7 +293,7 @@ async def _groups(
             if previous is not None and item.follows(previous):
                 text = novel_part(previous.content, text)
             previous = item
-            transcript = condense_transcript(text)
+            transcript = condense_transcript(text, paste_chars=paste_chars, seen=seen)
             if not transcript:
                 empty.append(FactsRow(item.id, item.content_hash, Facts()))
                 continue
@@ -441,9 +455,8 @@ async def _record(
     ctx: StageContext, group: _Group, result: LLMResult[Facts], state: _MapState
 ) -> None:
     state.extracted += len(group.members)
-    saved = Facts.of(item for m in group.members for item in m.saved.items())
-    shares = attribute(
-        without_saved_facts(result.value, saved), [m.transcript for m in group.members]
+    shares = pack_shares(
+        result.value, [m.transcript for m in group.members], [m.saved for m in group.members]
     )
     rows = [
         FactsRow(m.chunk_id, m.content_hash, f) for m, f in zip(group.members, shares, strict=True)
@@ -458,6 +471,38 @@ def _reusable(ctx: StageContext) -> dict[str, str]:
     return {"requested_model": ctx.llm.model, "prompt_version": EXTRACTION_PROMPT_VERSION}
 
 
+def pack_shares(facts: Facts, transcripts: list[str], saved: list[Facts]) -> list[Facts]:
+    """Each chunk's share of a pack's facts (:func:`attribute`), less restated saved facts.
+
+    A fact that restates a saved fact of any chunk of the pack is left out
+    (the saved one reaches reduce anyway), except from a chunk whose user turns
+    state it in full: another conversation in which the user said it again.
+    """
+    shares = attribute(facts, transcripts)
+    known = Facts.of(item for s in saved for item in s.items())
+    if not known.count():
+        return shares
+    restates = _restates(known)
+    out: list[Facts] = []
+    for share, transcript in zip(shares, transcripts, strict=True):
+        said: set[str] | None = None
+        kept: list[tuple[Category, Item]] = []
+        for category, item in share.items():
+            if restates(item):
+                if said is None:
+                    said = _stems(" ".join(t for who, t in turns(transcript) if who == "user"))
+                if not _states_in_full(said, text_of(item)):
+                    continue
+            kept.append((category, item))
+        out.append(Facts.of(kept))
+    return out
+
+
+def _states_in_full(said: set[str], fact: str) -> bool:
+    words = _stems(fact)
+    return bool(words) and len(words & said) >= FULL_MATCH * len(words)
+
+
 def without_saved_facts(facts: Facts, saved: Facts) -> Facts:
     """``facts`` less those that restate the saved facts of the chunks they came from.
 
@@ -468,13 +513,19 @@ def without_saved_facts(facts: Facts, saved: Facts) -> Facts:
     """
     if not saved.count():
         return facts
+    repeats = _restates(saved)
+    return Facts.of((c, i) for c, i in facts.items() if not repeats(i))
+
+
+def _restates(saved: Facts) -> Callable[[Item], bool]:
+    """Whether a fact restates one of ``saved`` (most of its words are in one of them)."""
     known = [_stems(text_of(item)) for _, item in saved.items()]
 
     def repeats(item: Item) -> bool:
         words = _stems(text_of(item))
         return bool(words) and any(len(words & k) >= FULL_MATCH * len(words) for k in known)
 
-    return Facts.of((c, i) for c, i in facts.items() if not repeats(i))
+    return repeats
 
 
 #: Share of a fact's words a chunk must hold to count as stating it in full.
@@ -644,7 +695,8 @@ async def _regroup(ctx: StageContext, custom_id: str, members: list[list[str]]) 
             text = novel_part(previous.content, text)  # as it was sent
         previous = item
         saved = item.saved if item else Facts()
-        rebuilt.append(_Member(chunk_id, content_hash, "", condense_transcript(text), saved))
+        transcript = condense_transcript(text, paste_chars=ctx.options.paste_chars)
+        rebuilt.append(_Member(chunk_id, content_hash, "", transcript, saved))
     return _Group(tuple(rebuilt), ExtractionInput(custom_id, "", "", "", None))
 
 

@@ -1,10 +1,12 @@
 """Stage ``regenerate``: the five persona sections, from MEMORY plus a sample.
 
 The sample is the ~200 most informative conversations (long, recent, dense
-in facts), each condensed to the user's words with a little assistant context,
-and cut so that MEMORY, the sample and the answer fit the model's context
-window with room to spare (tokens estimated conservatively at 4 chars/token,
-with a 15 % margin).
+in facts), each condensed to the user's words with a little assistant context
+(long pastes cut, as for the map step), and cut to ``sample_tokens`` (an
+option: the excerpts are there for the user's voice and habits, MEMORY holds
+the facts) and so that MEMORY, the sample and the answer fit the model's
+context window with room to spare (tokens estimated conservatively at 4
+chars/token, with a 15 % margin).
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ def sample_budget_chars(memory_md: str, window: int) -> int:
 async def regenerate(ctx: StageContext) -> StageResult:
     memory_md = ctx.outputs.get(MemoryOutput).memory_md
     tier = ctx.outputs.get(ExtractOutput).tier
-    budget = sample_budget_chars(memory_md, ctx.options.context_window_tokens)
+    budget = min(
+        sample_budget_chars(memory_md, ctx.options.context_window_tokens),
+        ctx.options.sample_tokens * 4,
+    )
     conversations = await ctx.store.sample_conversations(tier, ctx.options.sample_conversations)
-    samples = condensed_samples(conversations, budget)
+    samples = condensed_samples(conversations, budget, paste_chars=ctx.options.paste_chars)
     await ctx.store.ensure_current()
     result = await ctx.llm.write_sections(memory_md, samples)
     await ctx.store.record_usage(result.usage)
@@ -47,7 +52,9 @@ async def regenerate(ctx: StageContext) -> StageResult:
     )
 
 
-def condensed_samples(conversations: list[ScoredConversation], budget_chars: int) -> list[str]:
+def condensed_samples(
+    conversations: list[ScoredConversation], budget_chars: int, *, paste_chars: int = 0
+) -> list[str]:
     """Each conversation condensed to the user's words, cut to a fair share of the budget."""
     if not conversations:
         return []
@@ -55,7 +62,7 @@ def condensed_samples(conversations: list[ScoredConversation], budget_chars: int
     samples: list[str] = []
     used = 0
     for conv in conversations:
-        body = condense_transcript("\n".join(conv.contents))
+        body = condense_transcript("\n".join(conv.contents), paste_chars=paste_chars)
         if not body:
             continue
         when = conv.created_at.date().isoformat() if conv.created_at else "undated"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -75,11 +76,14 @@ def _schema_hash() -> str:
             digest.update(path.read_bytes())
     import procrastinate
 
+    from worker.options import options_schema
     from worker.search import configured_dimension
 
     digest.update(procrastinate.__version__.encode())
     # The embedding column is created at the configured model's size.
     digest.update(str(configured_dimension()).encode())
+    # Migrating stores the options' schema, which the insert trigger checks.
+    digest.update(json.dumps(options_schema(), sort_keys=True).encode())
     return digest.hexdigest()[:12]
 
 

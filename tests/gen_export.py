@@ -274,6 +274,8 @@ class Turn:
     time: float  # epoch seconds
     kept: bool  # on the branch the user kept (False: an abandoned edit or retry)
     paste: Paste | None = None
+    #: What the user wrote after the paste ("what is wrong with it?").
+    after: str = ""
     artifact: Artifact | None = None
     image: bool = False
     voice: bool = False
@@ -319,6 +321,105 @@ def filler(rng: random.Random, n: int) -> str:
     return text + "."
 
 
+#: Chance that a user turn carries a paste, and what is pasted: code, a log, a
+#: document (the user's notes or someone else's text), or a short passage.
+#: About one user turn in eight carries one, and pastes are close to half of the
+#: characters users send (after the chunker's cut of long messages), as in the
+#: exports of people who use a chat assistant for work.
+PASTE_RATE: Final = 0.12
+PASTE_KINDS: Final = ("code", "log", "document", "text")
+#: Paste kinds the user may have written themselves (a fact may sit inside).
+NOTES: Final = frozenset({"md", "txt"})
+_IDENTIFIERS: Final = tuple(w for w in FILLER[20:] if w.isalpha() and len(w) > 3)
+_LOG_LEVELS: Final = ("INFO", "INFO", "INFO", "DEBUG", "WARN", "ERROR")
+
+
+def pasted_material(rng: random.Random, kind: str) -> Paste:
+    """A paste of ``kind``: code, a log, a document (markdown) or a short passage.
+
+    None of it speaks in the first person: facts are planted by the caller.
+    """
+    if kind == "code":
+        text = pasted_code(rng, rng.randint(15, 150))
+        fence = rng.random() < 0.5
+        return Paste("", "py", f"```python\n{text}\n```" if fence else text)
+    if kind == "log":
+        text = pasted_log(rng, rng.randint(20, 300))
+        return Paste("" if rng.random() < 0.7 else "server.log", "log", text)
+    if kind == "document":
+        text = pasted_document(rng, rng.randint(300, 3000))
+        return Paste(f"notes-{rng.randint(1, 99)}.md" if rng.random() < 0.5 else "", "md", text)
+    name = "" if rng.random() < 0.5 else f"notes-{rng.randint(1, 99)}.txt"
+    return Paste(name, "txt", filler(rng, rng.randint(20, 200)))
+
+
+def _ident(rng: random.Random, parts: int = 2) -> str:
+    return "_".join(rng.choice(_IDENTIFIERS) for _ in range(parts))
+
+
+def pasted_code(rng: random.Random, lines: int) -> str:
+    """Python-looking code: functions, branches, calls and comments."""
+    out: list[str] = []
+    while len(out) < lines:
+        name, args = _ident(rng), ", ".join(_ident(rng, 1) for _ in range(rng.randint(1, 3)))
+        out.append(f"def {name}({args}):")
+        for _ in range(rng.randint(2, 9)):
+            pick = rng.random()
+            a, b = _ident(rng, 1), _ident(rng)
+            if pick < 0.25:
+                out += [f"    if {a} is None:", f'        raise ValueError("{b} missing")']
+            elif pick < 0.45:
+                out.append(f"    {a} = {b}({a}, timeout={rng.randint(1, 90)})")
+            elif pick < 0.6:
+                out.append(f"    # {filler(rng, rng.randint(3, 8)).rstrip('.')}")
+            elif pick < 0.8:
+                out += [
+                    f"    for {a} in {b}:",
+                    f"        {a}.{_ident(rng, 1)}({rng.randint(0, 9)})",
+                ]
+            else:
+                out.append(f'    log.debug("{b}: %s", {a})')
+        out += [f"    return {_ident(rng, 1)}", ""]
+    return "\n".join(out[:lines]).rstrip()
+
+
+def pasted_log(rng: random.Random, lines: int) -> str:
+    """Timestamped service log lines, now and then a Python traceback."""
+    moment = random_day(rng) + timedelta(seconds=rng.randint(0, 86_400))
+    out: list[str] = []
+    while len(out) < lines:
+        moment += timedelta(milliseconds=rng.randint(1, 5_000))
+        level = rng.choice(_LOG_LEVELS)
+        where = f"{_ident(rng, 1)}.{_ident(rng, 1)}"
+        stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        out.append(f"{stamp}Z {level:<5} [{where}] {filler(rng, rng.randint(4, 14)).rstrip('.')}")
+        if level == "ERROR" and rng.random() < 0.5:
+            out.append("Traceback (most recent call last):")
+            for _ in range(rng.randint(2, 6)):
+                line = rng.randint(1, 900)
+                out.append(f'  File "/srv/app/{_ident(rng, 1)}.py", line {line}, in {_ident(rng)}')
+                out.append(f"    {_ident(rng, 1)} = {_ident(rng)}({_ident(rng, 1)})")
+            out.append(f"KeyError: '{_ident(rng, 1)}'")
+    return "\n".join(out[:lines])
+
+
+def pasted_document(rng: random.Random, words: int) -> str:
+    """A markdown document: headings, paragraphs and now and then a list."""
+    parts: list[str] = [f"# {' '.join(rng.sample(_IDENTIFIERS, 3)).title()}"]
+    left = words
+    while left > 0:
+        if rng.random() < 0.2:
+            parts.append(f"## {' '.join(rng.sample(_IDENTIFIERS, 2)).title()}")
+        if rng.random() < 0.15:
+            parts.append("\n".join(f"- {filler(rng, rng.randint(4, 10))}" for _ in range(3)))
+            left -= 20
+            continue
+        n = min(left, rng.randint(40, 140))
+        parts.append(filler(rng, n))
+        left -= n
+    return "\n\n".join(parts)
+
+
 class Persona:
     """The person behind every conversation, consistent from one conversation to the next.
 
@@ -338,6 +439,10 @@ class Persona:
             (FIRST_DAY + timedelta(days=d), text)
             for d, text in zip(days, rng.sample(MEMORIES, len(MEMORIES)), strict=True)
         ]
+        #: The files they paste again and again, in one conversation after another
+        #: (the config, the module that keeps failing, the same log).
+        files = random.Random(f"{seed}:files")
+        self.files = [pasted_material(files, kind) for kind in ("code", "code", "log", "document")]
 
     def memories_at(self, when: float) -> list[tuple[datetime, str]]:
         """The memories ChatGPT had saved by then."""
@@ -399,6 +504,8 @@ class ScriptWriter:
             title += f" {rng.choice(NON_ASCII)}"
         self.script = Script(index=index, id=new_uuid(rng), title=title, created=created)
         self.clock = created
+        #: What the user pasted so far in this conversation (before any fact went in).
+        self.pastes: list[Paste] = []
 
     def write(self) -> Script:
         rng = self.rng
@@ -433,36 +540,49 @@ class ScriptWriter:
         self._add(edited.id, "assistant", filler(rng, rng.randint(15, 60)), kept=False)
 
     def _question(self, parent: str | None) -> Turn:
-        """A user turn; now and then with a pasted text or document (the fact may be in it).
+        """A user turn; now and then with pasted code, a log or a document.
 
-        A turn with a paste says little itself ("summarise this"), sometimes
-        nothing, so that user text stays about a third of all the text: the
-        benchmarks' token ratios depend on that share.
+        A turn with a paste says little itself ("why does this fail?"), before
+        or after the paste, sometimes nothing. A fact goes in the user's own
+        words, next to the paste; when the paste is the user's own notes it may
+        sit inside them. Pastes come back: the same file again later in the
+        conversation, or one of the persona's files pasted in conversation
+        after conversation.
         """
         rng = self.rng
-        paste = self._paste() if rng.random() < 0.04 else None
+        paste = self._paste() if rng.random() < PASTE_RATE else None
+        after = ""
         if paste is None:
             body = filler(rng, rng.randint(8, 120))
         else:
             body = "" if rng.random() < 0.3 else filler(rng, rng.randint(6, 30))
+            after = filler(rng, rng.randint(4, 20)) if rng.random() < 0.3 else ""
         if rng.random() < self.fact_rate:
             fact = self._plant(self.script.facts)
-            if paste is not None and (not body or rng.random() < 0.5):
+            if paste is not None and paste.kind in NOTES and rng.random() < 0.3:
                 paste = Paste(paste.name, paste.kind, with_sentence(rng, paste.text, fact))
+            elif paste is not None and (after or rng.random() < 0.3):
+                after = with_sentence(rng, after, fact) if after else fact
             else:
-                body = with_sentence(rng, body, fact)
+                body = with_sentence(rng, body, fact) if body else fact
         turn = self._add(parent, "user", body)
         turn.paste = paste
+        turn.after = after
         turn.image = paste is None and rng.random() < 0.05
         turn.voice = paste is None and not turn.image and rng.random() < 0.03
         return turn
 
     def _paste(self) -> Paste:
+        """Something to paste: new, or a paste seen before (this conversation's or a file)."""
         rng = self.rng
-        kind = rng.choice(("txt", "txt", "pdf", "md"))
-        name = "" if kind == "txt" and rng.random() < 0.5 else f"notes-{rng.randint(1, 99)}.{kind}"
-        words = rng.randint(1500, 4000) if rng.random() < 0.05 else rng.randint(20, 200)
-        return Paste(name, kind, filler(rng, words))
+        if self.pastes and rng.random() < 0.3:
+            return rng.choice(self.pastes)
+        if rng.random() < 0.2:
+            return rng.choice(self.persona.files)
+        kind = rng.choices(PASTE_KINDS, weights=(35, 20, 20, 25))[0]
+        paste = pasted_material(rng, kind)
+        self.pastes.append(paste)
+        return paste
 
     def _answer(self, question: str) -> Turn:
         rng = self.rng
@@ -737,9 +857,15 @@ def inline_text(turn: Turn, *, paste: bool = True) -> str:
     parts = [turn.text]
     if paste and turn.paste is not None:
         parts.append(turn.paste.text)
+    parts.append(turn.after)
     if turn.artifact is not None:
         parts.append(f"{turn.artifact.title}\n```\n{turn.artifact.text}\n```")
     return "\n\n".join(p for p in parts if p)
+
+
+def own_words(turn: Turn) -> str:
+    """What the user typed around a paste (Claude keeps the paste as an attachment)."""
+    return "\n\n".join(p for p in (turn.text, turn.after) if p)
 
 
 # --------------------------------------------------------------------------- Claude
@@ -787,7 +913,7 @@ class ClaudeRenderer:
         stamp = iso(turn.time)
         message: dict[str, Any] = {
             "uuid": turn.id,
-            "text": turn.text,
+            "text": own_words(turn),
             "content": [],
             "sender": "human" if turn.role == "user" else "assistant",
             "created_at": stamp,
@@ -802,8 +928,8 @@ class ClaudeRenderer:
         content: list[dict[str, Any]] = message["content"]
         if turn.role == "assistant" and rng.random() < 0.1:
             content.append({"type": "thinking", "thinking": filler(rng, 30), "summaries": []})
-        if turn.text:
-            content.append(self._text_block(turn.text, stamp))
+        if own_words(turn):
+            content.append(self._text_block(own_words(turn), stamp))
         if turn.artifact is not None:
             # The answer's text shows a placeholder where the artifact was.
             if not turn.text:

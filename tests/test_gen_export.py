@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -12,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.gen_export import FORMATS, Options, generate, main, write_export
+from tests.gen_export import (
+    FORMATS,
+    Options,
+    Persona,
+    ScriptWriter,
+    generate,
+    main,
+    write_export,
+)
 
 
 def test_same_seed_same_bytes_and_a_longer_export_extends_a_shorter_one(tmp_path: Path) -> None:
@@ -105,3 +114,42 @@ def test_the_bundled_sample_is_what_make_sample_writes(tmp_path: Path) -> None:
         assert rebuilt.namelist() == bundled.namelist()
         for name in bundled.namelist():
             assert rebuilt.read(name) == bundled.read(name), name
+
+
+def test_pastes_are_code_logs_and_documents_that_come_back_with_facts_beside_them() -> None:
+    persona = Persona(7)
+    scripts = [ScriptWriter(7, i, 0.15, persona).write() for i in range(300)]
+    turns = [t for s in scripts for t in s.kept if t.role == "user"]
+    pasted = [t for t in turns if t.paste is not None]
+    texts = [t.paste.text for t in pasted if t.paste is not None]
+    assert any("def " in p and "    return " in p for p in texts)  # code
+    assert any("Traceback (most recent call last):" in p for p in texts)  # logs
+    assert any(p.startswith("# ") and "\n\n## " in p for p in texts)  # documents
+    # Pasted again: in the same conversation, and the persona's files in several.
+    assert len(texts) - len(set(texts)) >= 20
+    assert (
+        sum(
+            1
+            for s in scripts
+            for f in persona.files
+            if any(t.paste is not None and t.paste.text == f.text for t in s.kept)
+        )
+        >= 5
+    )
+    # Close to half of what users send (long messages are cut at 5,000 characters).
+    own = sum(len(t.text) + len(t.after) for t in turns)
+    paste_chars = sum(min(len(p), 5000) for p in texts)
+    assert 0.35 < paste_chars / (own + paste_chars) < 0.6
+    # Facts sit in the user's words before and after pastes, and now and then in their notes.
+    facts = {f.text for s in scripts for f in s.facts}
+    before = [t for t in pasted if any(f in t.text for f in facts)]
+    after = [t for t in pasted if any(f in t.after for f in facts)]
+    inside = [t for t in pasted if t.paste is not None and any(f in t.paste.text for f in facts)]
+    assert before and after and inside
+    assert all(t.paste is not None and t.paste.kind in ("md", "txt") for t in inside)
+    # Nothing pasted speaks in the first person but the facts planted in it.
+    for p in texts:
+        rest = p
+        for f in facts:
+            rest = rest.replace(f, "")
+        assert not re.search(r"\b(I|I'm|my|we|We|My)\b", rest), rest[:200]

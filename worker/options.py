@@ -49,6 +49,14 @@ class Options(BaseModel):
         le=50_000,
         description="condensed transcript tokens packed into one call",
     )
+    paste_chars: int = Field(
+        default=2000,
+        ge=0,
+        le=200_000,
+        description="a user turn longer than this has its pasted code, logs and documents cut "
+        "to their first line and what is said in the first person, and a paste sent before "
+        "is sent once (0: sent whole)",
+    )
     reduce_max_tokens: int = Field(
         default=150_000,
         ge=100,
@@ -60,6 +68,12 @@ class Options(BaseModel):
     )
     sample_conversations: int = Field(
         default=200, ge=1, le=1000, description="conversations sampled for the persona sections"
+    )
+    sample_tokens: int = Field(
+        default=30_000,
+        ge=1000,
+        le=1_000_000,
+        description="tokens of conversation excerpts sent for the persona sections at most",
     )
     context_window_tokens: int = Field(
         default=200_000, ge=20_000, le=1_000_000, description="the model's context window"

@@ -13,6 +13,7 @@ into sentences, the unit the fact rules work on.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from typing import Final, Literal
@@ -100,18 +101,36 @@ def condense_transcript(
     *,
     assistant_chars: int = ASSISTANT_CONTEXT_CHARS,
     max_message_chars: int = MAX_MESSAGE_CHARS,
+    paste_chars: int = 0,
+    seen: set[str] | None = None,
 ) -> str:
     """Keep user turns (capped per message), trim assistant turns to an excerpt.
 
-    Returns "" when the chunk holds no user text at all: nothing to extract.
+    Assistant turns after the last of the user's words are left out: they
+    give context to nothing. A user turn longer than ``paste_chars`` (0: none)
+    has its pasted material cut (:func:`cut_pastes`, with ``seen``). Returns
+    "" when the chunk holds no user text at all: nothing to extract.
     """
     out: list[str] = []
     speaker: Speaker | None = None
     budget = 0
     has_user = False
+    turn_start = 0  # where the current turn starts in ``out``
+    words_end = 0  # where the last turn that is not the assistant's ends in ``out``
+
+    def end_turn() -> None:
+        nonlocal words_end
+        if speaker == "user" and paste_chars and turn_start < len(out):
+            turn = "\n".join(out[turn_start:])
+            if len(turn) > paste_chars:
+                out[turn_start:] = [cut_pastes(turn, seen)]
+                words_end = len(out)
+
     for line in content.splitlines():
         m = _LABEL.match(line)
         if m:
+            end_turn()
+            turn_start = len(out)
             speaker = _BY_LABEL[m.group("label")]
             budget = assistant_chars if speaker == "assistant" else max_message_chars
         if speaker == "assistant":
@@ -128,7 +147,155 @@ def condense_transcript(
             if piece.strip() and speaker in USERS_WORDS:
                 has_user = True
             out.append(piece)
-    return "\n".join(out).strip() if has_user else ""
+            words_end = len(out)
+    end_turn()
+    return "\n".join(out[:words_end]).strip() if has_user else ""
+
+
+# --------------------------------------------------------------------------- pastes
+
+#: A user turn longer than this has its pasted material cut (the option's default).
+PASTE_CHARS: Final = 2000
+#: A prose paragraph at the start or end of a turn up to this long is the user's own words.
+OWN_WORDS_CHARS: Final = 1200
+#: What is kept of a cut block's first line: enough to say what was pasted.
+PASTE_HINT_CHARS: Final = 80
+_FENCE: Final = re.compile(r"^\s*(```|~~~)")
+_ATTACHMENT: Final = re.compile(r"^\[Attachment(?::[^\]]*)?\]\s*$")
+#: A line that reads as code, markup or a log rather than as prose.
+_MACHINE_LINE: Final = re.compile(
+    r"^(?:[ \t]{2,}\S|\t"  # indented
+    r"|\d{4}-\d{2}-\d{2}[T ]\d|\[?\d{2}:\d{2}:\d{2}"  # timestamped
+    r"|(?:def|class|import|from|return|if|for|while|function|const|let|var|public|private"
+    r"|SELECT|INSERT|UPDATE|CREATE|#include|package|func|fn|use)\b"
+    r"|[{}\])<]|//|/\*|\$ |>>> |Traceback |\w+(?:Error|Exception)\b)"
+    r"|[{};:,(\[=>]\s*$"  # ends like code
+    r"|\b(?:INFO|DEBUG|WARN|WARNING|ERROR|TRACE|FATAL)\b"
+    r"| = |==|=>|->|\w\(.*\)",
+)
+#: Words by which the user speaks of themselves: their sentences stay, pasted or not.
+_FIRST_PERSON: Final = re.compile(
+    r"\b(?:I|I['\u2019](?:m|ve|d|ll)|[Mm]e|[Mm]y|[Mm]ine|[Mm]yself|[Ww]e|[Ww]e['\u2019](?:re|ve)"
+    r"|[Oo]urs?|[Uu]s)\b"
+)
+
+
+def cut_pastes(turn: str, seen: set[str] | None = None) -> str:
+    """A long user turn with its pasted code, logs and documents cut down.
+
+    The user's own words stay whole: the short prose paragraphs a turn starts
+    and ends with ("here is the log, why does it fail?"). Pasted material
+    (a fenced block, an attachment, a run of code or log lines, any other
+    paragraph) keeps its first line, to say what it was, and every sentence
+    or line in which someone speaks in the first person ("I", "my", "we",
+    ...), where facts about the user sit; the rest becomes one marker with its
+    size. Material already in ``seen`` (sent earlier in the import) becomes a
+    marker alone; material not seen yet is added to it (a hash of it: the set
+    stays small however much was pasted).
+    """
+    label = _LABEL.match(turn)
+    head = turn[: label.end()] if label else ""
+    blocks = _blocks(turn[len(head) :])
+    out: list[str] = []
+    for i, (kind, text) in enumerate(blocks):
+        edge = i == 0 or i == len(blocks) - 1
+        if kind == "prose" and (len(blocks) == 1 or edge) and len(text) <= OWN_WORDS_CHARS:
+            out.append(text)
+            continue
+        folded = " ".join(text.split())
+        key = hashlib.blake2b(folded.encode(), digest_size=16).hexdigest()
+        if seen is not None and len(folded) > OWN_WORDS_CHARS and key in seen:
+            out.append(f"[… the same pasted text as earlier, {len(text):,} characters …]")
+            continue
+        if seen is not None:
+            seen.add(key)
+        out.append(_cut_block(kind, text))
+    return head + "\n\n".join(out) + turn[len(turn.rstrip()) :]
+
+
+def _blocks(text: str) -> list[tuple[str, str]]:
+    """``text`` as blocks: ``fenced``, ``attachment`` (to the next one), ``machine`` or ``prose``.
+
+    Paragraphs (split at blank lines) of code or log lines in a row make one
+    ``machine`` block, blank lines and all.
+    """
+    blocks: list[tuple[str, str]] = []
+    lines = text.split("\n")
+    i = 0
+    paragraph: list[str] = []
+
+    def flush() -> None:
+        if not paragraph:
+            return
+        body = "\n".join(paragraph)
+        kind = "machine" if _machine(paragraph) else "prose"
+        if kind == "machine" and blocks and blocks[-1][0] == "machine":
+            blocks[-1] = ("machine", blocks[-1][1] + "\n\n" + body)
+        else:
+            blocks.append((kind, body))
+        paragraph.clear()
+
+    while i < len(lines):
+        line = lines[i]
+        if _FENCE.match(line):
+            flush()
+            end = next((j for j in range(i + 1, len(lines)) if _FENCE.match(lines[j])), len(lines))
+            blocks.append(("fenced", "\n".join(lines[i : end + 1])))
+            i = end + 1
+        elif _ATTACHMENT.match(line):
+            flush()
+            end = next(
+                (j for j in range(i + 1, len(lines)) if _ATTACHMENT.match(lines[j])), len(lines)
+            )
+            blocks.append(("attachment", "\n".join(lines[i:end]).strip()))
+            i = end
+        elif not line.strip():
+            flush()
+            i += 1
+        else:
+            paragraph.append(line)
+            i += 1
+    flush()
+    return blocks
+
+
+def _machine(lines: list[str]) -> bool:
+    """Whether most of a paragraph's lines (3 or more) read as code or a log."""
+    return len(lines) >= 3 and sum(1 for x in lines if _MACHINE_LINE.search(x)) >= 0.6 * len(lines)
+
+
+def _cut_block(kind: str, text: str) -> str:
+    """A block's first sentence or line (cut short) and its first-person ones, whole."""
+    if kind == "prose":
+        pieces = list(sentence_spans(text))
+    else:
+        pieces = [(m.start(), m.end()) for m in re.finditer(r"[^\n]+", text)]
+    out: list[str] = []
+    dropped = 0
+    for n, (start, end) in enumerate(pieces):
+        piece = text[start:end].strip()
+        if _speaks_for_self(piece) or (n == 0 and len(piece) <= PASTE_HINT_CHARS):
+            if dropped:
+                out.append(_omitted(dropped))
+                dropped = 0
+            out.append(piece)
+        elif n == 0:
+            out.append(piece[:PASTE_HINT_CHARS].rstrip() + "…")
+            dropped += len(piece) - PASTE_HINT_CHARS
+        else:
+            dropped += end - start + 1
+    if dropped:
+        out.append(_omitted(dropped))
+    cut = "\n".join(out)
+    return cut if len(cut) < len(text) else text
+
+
+def _speaks_for_self(sentence: str) -> bool:
+    return bool(_FIRST_PERSON.search(sentence))
+
+
+def _omitted(chars: int) -> str:
+    return f"[… {chars:,} characters of pasted text left out …]"
 
 
 #: How far back from the end of a chunk its overlap with the next one is looked for.

@@ -39,6 +39,7 @@ from tests.fakes.fake_anthropic import (
     _tagged,
 )
 from tests.helpers import gen_export, insert_import
+from worker.options import Options
 
 _REGISTERED = re.compile(r"registered as queue worker (\d+)")
 RESULTS = REPO / "bench" / "results" / "chaos-last-run.json"
@@ -415,6 +416,7 @@ def audit_extractions(
     offset = time.time() - time.monotonic()  # the fake records monotonic times
     import_of: dict[str, uuid.UUID] = {}
     index: dict[str, list[tuple[str, str]]] = {}
+    variants: list[tuple[str, str]] = []  # a chunk's id, and text it may have gone out as
     for import_id in import_ids:
         # Published chunks, or a pass's staged ones (a cancelled or failed pass publishes none).
         rows = query(
@@ -432,17 +434,26 @@ def audit_extractions(
         for r in rows:
             # A chunk goes out whole, or without the overlap it shares with the
             # chunk before it when both were extracted in the same run.
-            sent = {condense_transcript(r["content"])}
+            texts = [r["content"]]
             if (
                 previous is not None
                 and previous["conversation_id"] == r["conversation_id"]
                 and previous["chunk_index"] == r["chunk_index"] - 1
             ):
-                sent.add(condense_transcript(novel_part(previous["content"], r["content"])))
+                texts.append(novel_part(previous["content"], r["content"]))
             previous = r
-            for transcript in sent - {""}:
+            for transcript in {v for text in texts for v in _as_sent(text)} - {""}:
                 import_of[r["id"]] = import_id
-                index.setdefault(transcript[:_PREFIX], []).append((r["id"], transcript))
+                variants.append((r["id"], transcript))
+    # Text that several chunks may have gone out as (a chunk that is all
+    # overlap with the one before it, a paste sent before left as a marker)
+    # names none of them: it is matched, as SHARED, and counted for no chunk.
+    owners: dict[str, set[str]] = {}
+    for chunk_id, transcript in variants:
+        owners.setdefault(transcript, set()).add(chunk_id)
+    for transcript, ids in owners.items():
+        owner = next(iter(ids)) if len(ids) == 1 else SHARED
+        index.setdefault(transcript[:_PREFIX], []).append((owner, transcript))
     writes = query(
         dsn,
         "select chunk_id::text as chunk_id, generation, at from public.chaos_fact_writes"
@@ -467,7 +478,7 @@ def audit_extractions(
         unmatched += not members
         max_members = max(max_members, len(members))
         started = call.started + offset
-        for chunk_id in members:
+        for chunk_id in members - {SHARED}:
             served[chunk_id] += 1
             if chunk_id in first_write and started > first_write[chunk_id]:
                 repeats.append((chunk_id, datetime.fromtimestamp(started, UTC).isoformat()))
@@ -477,18 +488,50 @@ def audit_extractions(
 
 
 _PREFIX = 48
-_NEWLINE = re.compile("\n")
+#: What text several chunks may have gone out as is matched as.
+SHARED = "shared"
+
+
+class _Everything(set[str]):
+    """A set of pastes already sent that holds every paste."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def _as_sent(text: str) -> set[str]:
+    """How a chunk's text may have gone out: whole, with long pastes cut, or them sent before."""
+    paste_chars = Options().paste_chars
+    return {
+        condense_transcript(text),
+        condense_transcript(text, paste_chars=paste_chars),
+        condense_transcript(text, paste_chars=paste_chars, seen=_Everything()),
+    }
 
 
 def _members(text: str, index: dict[str, list[tuple[str, str]]]) -> set[str]:
-    """Chunks whose condensed transcript starts at a line start of ``text``."""
+    """Chunks whose condensed transcript is one member of ``text``.
+
+    A member is the whole text, or what follows a member's header line up to
+    the next header (or the end): the start or end of a longer transcript is
+    not a chunk of its own.
+    """
     found: set[str] = set()
-    starts = [0, *(m.end() for m in _NEWLINE.finditer(text))]
+    starts = [0, *(m.end() for m in _HEADER.finditer(text))]
     for p in starts:
         for chunk_id, transcript in index.get(text[p : p + _PREFIX], ()):
-            if text.startswith(transcript, p):
+            end = p + len(transcript)
+            if text.startswith(transcript, p) and (
+                end == len(text) or text.startswith(_NEXT_MEMBER, end)
+            ):
                 found.add(chunk_id)
     return found
+
+
+#: What follows a member of a packed call that is not its last.
+_NEXT_MEMBER = "\n\nSystem: new conversation ["
+#: The header line of a member of a packed call.
+_HEADER = re.compile(r"^System: new conversation \[c\d+\].*\n", re.M)
 
 
 # --------------------------------------------------------------------------- postgres

@@ -218,9 +218,9 @@ def test_small_import_is_not_starved_by_a_large_one(
     for slot in range(WORKERS):
         fleet.start(slot)
 
-    # Default per-import concurrency (10 calls in flight), smaller packs: a
-    # long extraction (about 500 calls).
-    large, _ = submit_export(dsn, storage.root, large_src, {"pack_tokens": 2000})
+    # Default per-import concurrency (10 calls in flight), smaller packs and
+    # pastes sent whole: a long extraction (about 500 calls).
+    large, _ = submit_export(dsn, storage.root, large_src, {"pack_tokens": 2000, "paste_chars": 0})
     _wait(lambda: _extracting(dsn, large, min_done=20), 90, "the large import to extract")
     small, _ = submit_export(dsn, storage.root, small_src)
     small_row = wait_all_final(dsn, [small], timeout=60, fleet=fleet)[small]

@@ -14,8 +14,16 @@ from psycopg_pool import AsyncConnectionPool
 
 from jobs.domain import rules
 from jobs.domain.facts import BY_KEY, DateFact, Facts, Project, Sentence, sources_of
-from jobs.domain.transcript import condense_transcript, novel_part
-from jobs.extract import _WORD, _group, _stems, attribute, pack_id, without_saved_facts
+from jobs.domain.transcript import condense_transcript, cut_pastes, novel_part
+from jobs.extract import (
+    _WORD,
+    _group,
+    _stems,
+    attribute,
+    pack_id,
+    pack_shares,
+    without_saved_facts,
+)
 from tests.conftest import USER_A, USER_B, make_settings, query
 from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault
 from tests.fakes.plugin import anthropic_provider
@@ -39,6 +47,71 @@ def test_condense_keeps_user_words_and_trims_assistant_turns() -> None:
     assert condense_transcript("Assistant (continued): tail\n\nUser: hi there") == (
         "Assistant (continued): tail\n\nUser: hi there"
     )
+
+
+_CODE = "\n".join(
+    f"def step_{i}(ledger, harbour):\n    total = ledger.sum(harbour)\n    return total\n"
+    for i in range(20)
+)
+_LOG = "\n".join(
+    f"2025-03-0{i % 9 + 1}T10:22:{i % 60:02d}.120Z ERROR [rota.sync] socket closed early"
+    for i in range(20)
+)
+_DOC = "# Harbour notes\n\n" + "\n\n".join(
+    "The ledger opens at dawn. Ferry tickets are sold at the station. " * 4 for _ in range(3)
+)
+
+
+def test_long_pastes_are_cut_to_their_first_line_and_what_the_user_says() -> None:
+    fact = "I'm building Rota, a side project written with Go and DuckDB."
+    doc = _DOC.replace("The ledger opens", "We decided to move to Porto. The ledger", 1)
+    turn = (
+        f"User: Why does this fail? {fact}\n\n```python\n{_CODE}\n```\n\n{_LOG}\n\n{doc}"
+        "\n\nIt started after the upgrade. My launch is on May 3, 2025."
+    )
+    assert len(turn) < 5000  # what the chunker keeps of a message
+    out = condense_transcript(turn, paste_chars=2000)
+    assert len(out) < len(turn) // 4
+    # The user's own words before and after the pastes stay whole.
+    assert out.startswith(f"User: Why does this fail? {fact}")
+    assert out.endswith("It started after the upgrade. My launch is on May 3, 2025.")
+    # Each paste keeps its first line and its first-person sentences, then a marker.
+    assert "```python" in out and "2025-03-01T10:22:00.120Z ERROR" in out
+    assert "# Harbour notes" in out and "We decided to move to Porto." in out
+    assert "characters of pasted text left out" in out
+    assert "step_10" not in out and "Ferry tickets" not in out
+    # Short turns, and turns under the threshold, are sent as they are.
+    assert condense_transcript(turn, paste_chars=0) == condense_transcript(turn)
+    assert condense_transcript(turn, paste_chars=len(turn) + 1) == condense_transcript(turn)
+    short = "User: hello\n\nAssistant: hi\n\nUser: bye"
+    assert condense_transcript(short, paste_chars=10) == short
+
+
+def test_a_paste_sent_once_is_not_sent_again() -> None:
+    seen: set[str] = set()
+    first = cut_pastes(f"User: look at this\n\n{_LOG}\n\nthanks", seen)
+    again = cut_pastes(f"User: same again, I changed nothing\n\n{_LOG}\n\nstill broken", seen)
+    assert "ERROR [rota.sync]" in first
+    assert "ERROR [rota.sync]" not in again and "the same pasted text as earlier" in again
+    assert again.startswith("User: same again, I changed nothing")
+    assert again.endswith("still broken")
+    # An attachment (as the reader writes Claude's) is a paste too.
+    attached = cut_pastes(f"User: summarise\n\n[Attachment: notes.md]\n{_DOC}", set())
+    assert attached.startswith("User: summarise\n\n[Attachment: notes.md]")
+    assert len(attached) < 300
+
+
+def test_assistant_turns_after_the_users_last_words_are_left_out() -> None:
+    content = (
+        "Assistant (continued): the end of an answer.\n\nUser: I really prefer tabs.\n\n"
+        "Assistant: a reply to that, which explains nothing the user said.\n\n"
+        "Assistant: and another one."
+    )
+    assert condense_transcript(content) == (
+        "Assistant (continued): the end of an answer.\n\nUser: I really prefer tabs."
+    )
+    pasted = f"User: fix it\n\n{_LOG}\n\nthanks\n\nAssistant: done, here it is."
+    assert condense_transcript(pasted, paste_chars=500).endswith("thanks")
 
 
 def _settings(db_dsn: str, tmp_path: Path, fake: FakeAnthropicServer, **kw: Any) -> Settings:
@@ -281,6 +354,25 @@ def test_what_the_model_restates_of_the_saved_facts_counts_once() -> None:
     kept = without_saved_facts(said, saved)
     assert kept.preferences == ["Drinks oolong tea."]
     assert without_saved_facts(said, Facts()) == said
+
+
+def test_a_fact_one_chunk_of_a_pack_saved_stays_with_the_chunk_that_says_it() -> None:
+    fact = "I really prefer spaces over tabs."
+    said = f"User: {fact} Anyway, the ledger."
+    saved_elsewhere = f"Saved memory: User said: {fact}\n\nUser: the harbour schedule."
+    saved = rules.saved_facts("memory", f"User said: {fact}")
+    answer = Facts(preferences=[fact])
+
+    shares = pack_shares(answer, [said, saved_elsewhere], [Facts(), saved])
+
+    assert shares[0].preferences == [fact]
+    assert shares[1].preferences == []
+    # A restatement that only shares words with another chunk goes nowhere.
+    memory = rules.saved_facts("memory", "Is a vegetarian.")
+    restated = Facts(preferences=["User is a vegetarian."])
+    profile = "Custom instructions: Vegetarian.\n\nUser: the harbour schedule."
+    told = "Saved memory: Is a vegetarian.\n\nUser: a ledger."
+    assert [s.count() for s in pack_shares(restated, [profile, told], [Facts(), memory])] == [0, 0]
 
 
 async def test_saved_memories_survive_a_model_that_only_answers_garbage(

@@ -162,3 +162,35 @@ async def test_later_stages_read_typed_outputs_and_fail_loudly_without_them() ->
     sections = (await regenerate(ctx)).final_output()
     assert isinstance(sections, RegenerateOutput)
     assert sections.soulprint_text.rstrip().endswith(written.memory_md.rstrip())
+
+
+async def test_the_persona_sample_is_bounded_in_tokens_and_leaves_pastes_out() -> None:
+    store = MemoryStore()
+    log = "\n".join(f"2025-01-01T00:00:{i % 60:02d}Z ERROR [sync] socket closed" for i in range(60))
+    for n in range(40):
+        said = f"User: I really prefer tabs, note {n}. Why does this fail?\n\n{log}\n\nThanks."
+        store.add_chunk(chunk(f"conv-{n}", said + " More words." * 40, created_at=JAN))
+    written = MemoryOutput(memory_md="## Preferences\n- Prefers tabs.", fallback=False, model=None)
+    extracted = ExtractOutput(
+        tier="medium",
+        chunks=40,
+        calls=1,
+        extracted_now=40,
+        skipped_no_user_text=0,
+        failed_chunks=0,
+        facts=1,
+        input_tokens=1,
+        output_tokens=1,
+        model="offline-rules-v1",
+    )
+    ctx = stage_context(
+        "regenerate",
+        store,
+        OfflineProvider(),
+        outputs=[written, extracted],
+        options={"sample_tokens": 2000},
+    )
+    out = (await regenerate(ctx)).final_output()
+    assert isinstance(out, RegenerateOutput)
+    assert 0 < out.sample_chars <= 2000 * 4
+    assert out.sampled_conversations > 10  # short excerpts of many, not all of a few
