@@ -9,11 +9,14 @@ a lane follow the stage's policy; a worker runs one lane of an import at a time.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
@@ -287,3 +290,40 @@ async def test_embedding_is_spread_too(
     )
     assert missing == [{"n": 0}]
     await asyncio.sleep(0)
+
+
+def test_two_finishers_at_once_queue_the_next_stage_once(settings: Settings, db_dsn: str) -> None:
+    """The last lane out and the stage's own job may end together: one job for what follows."""
+    import_id = submit(settings, USER_A)
+    query(
+        db_dsn, "delete from procrastinate_jobs where args ->> 'import_id' = %s", (str(import_id),)
+    )
+    query(
+        db_dsn,
+        "update import_stages set status = case when position < 4 or stage = 'embed'"
+        " then 'done' else 'pending' end where import_id = %s",
+        (import_id,),
+    )
+    generation = import_row(db_dsn, import_id)["generation"]
+    first = psycopg.connect(db_dsn)
+    try:
+        # The first finisher queues `reduce` and has not committed yet...
+        ready = first.execute(
+            "select public.fullpass_queue_ready(%s, %s)", (import_id, generation)
+        ).fetchone()
+        assert ready == (["reduce"],)
+        # ...while the second, which saw `reduce` pending too, waits for its row.
+        with ThreadPoolExecutor(1) as pool:
+            second = pool.submit(
+                query,
+                db_dsn,
+                "select public.fullpass_queue_ready(%s, %s) as ready",
+                (import_id, generation),
+            )
+            time.sleep(0.3)
+            first.commit()
+            assert second.result(timeout=10) == [{"ready": []}]
+    finally:
+        first.close()
+    todo = [j["task_name"] for j in jobs_of(db_dsn, import_id) if j["status"] == "todo"]
+    assert todo == ["fullpass.reduce"]
