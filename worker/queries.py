@@ -422,7 +422,7 @@ SELECT c.id::text AS id, c.conversation_id, c.chunk_index, coalesce(c.title, '')
 
 #: A page's share of the map step's work list: its chunks without a current
 #: checkpoint, in the page's order.
-EXTRACTION_TODO: LiteralString = """
+EXTRACTION_LEFT: LiteralString = """
 SELECT c.id::text AS id, c.content_hash
   FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS p(id, n)
   JOIN public.import_chunks c ON c.import_id = %(import_id)s AND c.id = p.id
@@ -619,7 +619,7 @@ SELECT c.id::text AS id,
  ORDER BY c.created_at NULLS LAST, c.conversation_id, c.chunk_tier, c.chunk_index
 """
 
-EMBEDDING_TODO: LiteralString = """
+EMBEDDING_LEFT: LiteralString = """
 SELECT c.id::text AS id
   FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS p(id, n)
   JOIN public.import_chunks c ON c.import_id = %(import_id)s AND c.id = p.id

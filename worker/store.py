@@ -938,7 +938,7 @@ class PgStageStore:
 
     async def extraction_todo(self, ids: Sequence[str]) -> list[ChunkRef]:
         rows = await self._fetchall(
-            queries.EXTRACTION_TODO, {"import_id": self.fence.import_id, "ids": list(ids)}
+            queries.EXTRACTION_LEFT, {"import_id": self.fence.import_id, "ids": list(ids)}
         )
         return [ChunkRef(r["id"], r["content_hash"]) for r in rows]
 
@@ -959,7 +959,7 @@ class PgStageStore:
 
     async def embedding_todo(self, ids: Sequence[str], model: str) -> list[str]:
         rows = await self._fetchall(
-            queries.EMBEDDING_TODO,
+            queries.EMBEDDING_LEFT,
             {"import_id": self.fence.import_id, "ids": list(ids), "model": model},
         )
         return [r["id"] for r in rows]

@@ -225,6 +225,8 @@ def _zip_streams(path: Path, limits: Limits, budget: _Budget) -> Iterator[Guarde
             label = f"{path.name}:{info.filename}"
             try:
                 member = archive.open(info)
+            # zipfile raises NotImplementedError for a compression method it
+            # lacks, RuntimeError for an encrypted member: both are bad input.
             except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError) as exc:
                 raise BadInput(f"{label}: cannot open ZIP member ({exc})") from None
             with member:
