@@ -140,7 +140,7 @@ async def status(settings: Settings, import_id: UUID | None, *, watch: bool, lim
         if not watch:
             console.print(import_panel(progress, stages))
             return 0 if progress["status"] != "failed" else 1
-        progress = await follow(conn, import_id, console, interval=1.0)
+        progress = await follow(conn, import_id, console, interval=1.0, first=(progress, stages))
         return 0 if progress["status"] == "complete" else 1
 
 
@@ -151,6 +151,7 @@ async def follow(
     *,
     interval: float,
     alive: Callable[[], None] | None = None,
+    first: tuple[dict[str, Any], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Show an import's progress until it ends; return its last progress row.
 
@@ -159,8 +160,9 @@ async def follow(
     each time the status, stage or whole percentage changes, then the final
     panel once: a log file never fills with redraw codes. ``alive`` is called on
     each tick (the demo uses it to surface a failed in-process worker).
+    ``first``: the import's progress and stages when the caller has just read them.
     """
-    progress, stages = await snapshot(conn, import_id)
+    progress, stages = first or await snapshot(conn, import_id)
     assert progress is not None
     if console.is_terminal:
         with Live(
