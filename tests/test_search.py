@@ -346,41 +346,47 @@ async def test_a_fact_said_once_in_a_long_chunk_is_found_by_meaning(db_dsn: str)
 
     A chunk of a long conversation holds up to ~8,000 characters, most of it words
     said again and again. With mean pooling (a token weighing as often as it
-    occurs) they drowned the one sentence a question is about: 2 of these 12
-    questions found their chunk in the top 3 of 24, by meaning alone. With a
-    token said n times weighing 1 / (1 + ln n) in all, 10 do.
+    occurs) they drowned the one sentence a question is about: over five
+    draws of the filler, 11 of these 60 questions found their chunk in the top 3
+    of 24, by meaning alone. With a token said n times weighing 1 / (1 + ln n)
+    in all, 38 do (37 before the token table was centred: the same, within a
+    draw's noise; one draw alone moves by two or three either way).
     """
     dimension_of(db_dsn)
     embedder = make_embedder(EmbeddingSettings(FULLPASS_EMBEDDINGS="local"))
     assert embedder is not None
-    rng = random.Random(2)
-    contents = [filler(rng, 1200) for _ in range(len(LOST_FACTS) * 2)]
-    for i, (fact, _) in enumerate(LOST_FACTS):
-        contents[i] = with_sentence(rng, contents[i], fact)
-    names = [f"Notes {i}" for i in range(len(contents))]
+    found = []
     try:
-        embedded = await embedder.embed_documents(
-            [f"{name}\n\n{content}" for name, content in zip(names, contents, strict=True)]
-        )
-        ids = [
-            insert_chunk(db_dsn, USER_A, name, content, embedding=search._vector_text(vector))
-            for name, content, vector in zip(names, contents, embedded.vectors, strict=True)
-        ]
-        found = []
-        for i, (fact, question) in enumerate(LOST_FACTS):
-            (common,) = query(
-                db_dsn,
-                "select tsvector_to_array(to_tsvector('english', %s))"
-                " && tsvector_to_array(to_tsvector('english', %s)) as shared",
-                (fact, question),
+        for draw in range(5):
+            user = uuid.uuid4()  # each draw's chunks searched apart
+            rng = random.Random(draw)
+            contents = [filler(rng, 1200) for _ in range(len(LOST_FACTS) * 2)]
+            for i, (fact, _) in enumerate(LOST_FACTS):
+                contents[i] = with_sentence(rng, contents[i], fact)
+            names = [f"Notes {i}" for i in range(len(contents))]
+            embedded = await embedder.embed_documents(
+                [f"{name}\n\n{content}" for name, content in zip(names, contents, strict=True)]
             )
-            assert not common["shared"], question  # no word in common
-            vector = search._vector_text(await embedder.embed_query(question))
-            rows = search_rows(db_dsn, USER_A, None, query_embedding=vector, match_count=3)
-            found.append(ids[i] in {r["id"] for r in rows})
+            ids = [
+                insert_chunk(db_dsn, user, name, content, embedding=search._vector_text(vector))
+                for name, content, vector in zip(names, contents, embedded.vectors, strict=True)
+            ]
+            for i, (fact, question) in enumerate(LOST_FACTS):
+                if draw == 0:
+                    (common,) = query(
+                        db_dsn,
+                        "select tsvector_to_array(to_tsvector('english', %s))"
+                        " && tsvector_to_array(to_tsvector('english', %s)) as shared",
+                        (fact, question),
+                    )
+                    assert not common["shared"], question  # no word in common
+                vector = search._vector_text(await embedder.embed_query(question))
+                rows = search_rows(db_dsn, user, None, query_embedding=vector, match_count=3)
+                found.append(ids[i] in {r["id"] for r in rows})
     finally:
         await embedder.aclose()
-    assert sum(found) >= 9, found
+    assert len(found) == 60
+    assert sum(found) >= 33, sum(found)
 
 
 def test_a_query_embedding_of_another_size_is_ignored(db_dsn: str) -> None:

@@ -30,7 +30,7 @@ from worker.llm.offline import OfflineProvider
 from worker.settings import Settings
 from worker.store import Store
 
-LOCAL_MODEL = "wordllama-l2-supercat-256+logtf"
+LOCAL_MODEL = "wordllama-l2-supercat-256+centred-logtf"
 
 
 @pytest.fixture

@@ -105,6 +105,19 @@ def test_loads_and_embeds_with_no_network_and_no_downloads(tmp_path: Path) -> No
     assert list(home.rglob("*")) == []  # nothing cached, nothing downloaded
 
 
+def test_token_vectors_are_centred_on_the_tables_mean() -> None:
+    """The table's mean vector, a direction every token shares, is taken out of each token."""
+    from safetensors import safe_open
+
+    weights, _ = model_files()
+    with safe_open(str(weights), framework="np", device="cpu") as f:
+        shipped = f.get_tensor("embedding.weight").astype(np.float32)
+    table = load_model().table
+    assert table.shape == shipped.shape
+    assert np.allclose(table, shipped - shipped.mean(axis=0), atol=1e-5)
+    assert np.allclose(table.mean(axis=0, dtype=np.float64), 0.0, atol=1e-6)
+
+
 def test_model_files_ship_inside_the_package() -> None:
     weights, tokenizer = model_files()
     assert weights.name == "l2_supercat_256.safetensors" and weights.stat().st_size > 10_000_000
@@ -114,11 +127,11 @@ def test_model_files_ship_inside_the_package() -> None:
 async def test_unit_vectors_where_similar_scores_higher(embedder: LocalEmbedder) -> None:
     assert (embedder.name, embedder.model, embedder.dimension) == (
         "local",
-        "wordllama-l2-supercat-256+logtf",
+        "wordllama-l2-supercat-256+centred-logtf",
         256,
     )
     result = await embedder.embed_documents([*SIMILAR, UNRELATED])
-    assert result.model == "wordllama-l2-supercat-256+logtf"
+    assert result.model == "wordllama-l2-supercat-256+centred-logtf"
     for vector in result.vectors:
         assert len(vector) == 256
         assert math.isclose(math.fsum(x * x for x in vector), 1.0, rel_tol=1e-5)
