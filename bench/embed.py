@@ -3,7 +3,7 @@
     .venv/bin/python bench/embed.py [--conversations 1500] [--seed 7] [--latency 0.2]
                                     [--concurrency 4] [--runs 3]
                                     [--providers local,openai,bedrock]
-                                    [--quality-seeds 7,11,13] [--keep]
+                                    [--quality-seeds 7,11,13,17,19] [--keep]
 
 1. Throughput. A ChatGPT export is generated (``tests.gen_export``, cached under
    ``bench/.cache/``). For each provider and run, a fresh database migrated at
@@ -684,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--providers", default="local,openai,bedrock")
     parser.add_argument(
         "--quality-seeds",
-        default="7,11,13",
+        default="7,11,13,17,19",
         help="exports (seeds) the retrieval is measured on, with the local model",
     )
     parser.add_argument("--keep", action="store_true", help="keep the databases and scratch")
