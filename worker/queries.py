@@ -704,7 +704,8 @@ UPDATE public.user_profiles
    SET soul_md = %(soul_md)s, identity_md = %(identity_md)s, user_md = %(user_md)s,
        agents_md = %(agents_md)s, tools_md = %(tools_md)s, soulprint_text = %(soulprint_text)s,
        full_pass_status = 'complete', full_pass_error = NULL,
-       full_pass_completed_at = now(), updated_at = now()
+       -- the clock, not now(): after this transaction's publish of the chunks
+       full_pass_completed_at = clock_timestamp(), updated_at = now()
  WHERE user_id = %(user_id)s
 """
 
@@ -712,7 +713,7 @@ INSERT_PROFILE: LiteralString = """
 INSERT INTO public.user_profiles (user_id, soul_md, identity_md, user_md, agents_md, tools_md,
                                   soulprint_text, full_pass_status, full_pass_completed_at)
 VALUES (%(user_id)s, %(soul_md)s, %(identity_md)s, %(user_md)s, %(agents_md)s, %(tools_md)s,
-        %(soulprint_text)s, 'complete', now())
+        %(soulprint_text)s, 'complete', clock_timestamp())
 """
 
 # --- operator surface -----------------------------------------------------

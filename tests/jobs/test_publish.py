@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +252,30 @@ def test_a_cancelled_pass_shows_as_cancelled(settings: Settings, db_dsn: str) ->
     query(db_dsn, "select public.cancel_import(%s)", (import_id,))
     profile = query(db_dsn, "select full_pass_status, full_pass_completed_at from user_profiles")[0]
     assert profile == {"full_pass_status": "cancelled", "full_pass_completed_at": None}
+
+
+async def test_completion_is_stamped_when_the_publish_ends_not_when_it_began(
+    deps: runner.Deps, db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large pass's publish takes seconds in one transaction: the import's
+    ``completed_at`` and the profile's ``full_pass_completed_at`` are the moment
+    its chunks became visible, not the moment that transaction started."""
+    monkeypatch.setattr(
+        queries,
+        "PUBLISH_STAGED_CHUNKS",
+        queries.PUBLISH_STAGED_CHUNKS.replace(" AS published", " AS published, pg_sleep(0.5)"),
+    )
+    import_id = submit(deps.settings, USER_A)
+    await drive(deps, db_dsn, import_id)
+    (row,) = query(
+        db_dsn,
+        "select i.status, i.completed_at, s.started_at, s.finished_at, p.full_pass_completed_at"
+        " from imports i join import_stages s on s.import_id = i.id and s.stage = 'finalize'"
+        " join user_profiles p on p.user_id = i.user_id where i.id = %s",
+        (import_id,),
+    )
+    assert row["status"] == "complete"
+    published_by = row["started_at"] + timedelta(seconds=0.5)  # the publish's end, at the earliest
+    assert row["finished_at"] >= published_by
+    assert row["completed_at"] >= row["finished_at"]
+    assert row["full_pass_completed_at"] >= published_by
