@@ -472,7 +472,7 @@ def test_embedding_model_is_recorded_beside_the_embedding(db_dsn: str) -> None:
     )
     assert {(c["column_name"], c["data_type"], c["is_generated"]) for c in columns} == {
         ("embedding_model", "text", "NEVER"),
-        ("fullpass_fts", "tsvector", "ALWAYS"),
+        ("fullpass_fts", "tsvector", "NEVER"),  # kept current by a trigger
     }
 
 
@@ -660,3 +660,43 @@ def test_created_at_and_ties(db_dsn: str) -> None:
     first = search_rows(db_dsn, USER_A, "identical words")
     assert first == search_rows(db_dsn, USER_A, "identical words")
     assert {r["created_at"] for r in first} == {when + timedelta(i) for i in range(3)}
+
+
+def fts(dsn: str, chunk_id: uuid.UUID) -> str:
+    row = query(
+        dsn, "select fullpass_fts::text as v from conversation_chunks where id = %s", (chunk_id,)
+    )
+    return str(row[0]["v"])
+
+
+def test_a_chunks_text_entry_follows_its_title_and_content(db_dsn: str) -> None:
+    """Written by the app (no entry given), a chunk gets its entry; a changed title or
+    content recomputes it, and the entry cannot be set apart from them."""
+    chunk = insert_chunk(db_dsn, USER_A, "Beekeeping", "The hives on my roof need checking.")
+    expected = query(
+        db_dsn,
+        "select (setweight(to_tsvector('english', 'Beekeeping'), 'A')"
+        " || setweight(to_tsvector('english', 'The hives on my roof need checking.'), 'B'))::text"
+        " as v",
+    )[0]["v"]
+    assert fts(db_dsn, chunk) == expected
+    assert titles(search_rows(db_dsn, USER_A, "hive")) == ["Beekeeping"]
+    query(
+        db_dsn,
+        "update conversation_chunks set content = 'Sourdough starter' where id = %s",
+        (chunk,),
+    )
+    assert search_rows(db_dsn, USER_A, "hive") == []
+    assert titles(search_rows(db_dsn, USER_A, "sourdough")) == ["Beekeeping"]
+    query(
+        db_dsn,
+        "update conversation_chunks set fullpass_fts = to_tsvector('english', 'zebra')"
+        " where id = %s",
+        (chunk,),
+    )
+    assert search_rows(db_dsn, USER_A, "zebra") == []
+    assert titles(search_rows(db_dsn, USER_A, "sourdough")) == ["Beekeeping"]
+    # Other columns leave it alone (an embedding written later, say).
+    before = fts(db_dsn, chunk)
+    query(db_dsn, "update conversation_chunks set token_count = 7 where id = %s", (chunk,))
+    assert fts(db_dsn, chunk) == before

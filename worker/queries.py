@@ -276,6 +276,20 @@ UPDATE public.import_pages p
 RETURNING p.page, p.chunk_ids::text[] AS chunk_ids, p.attempts
 """
 
+#: A page's staged chunks get their full-text entry (see PgPageSource); the
+#: ones that have it already are left as they are, and so are the ones another
+#: transaction holds (the embed stage writing their vectors): it never waits
+#: for a row, so it can never deadlock with that writer, and what it skips
+#: the publish computes.
+PREPARE_SEARCH_TEXT: LiteralString = """
+UPDATE public.import_chunks c
+   SET fullpass_fts = public.fullpass_chunk_fts(c.title, c.content)
+  FROM (SELECT id FROM public.import_chunks
+         WHERE import_id = %(import_id)s AND id = ANY(%(ids)s::uuid[]) AND fullpass_fts IS NULL
+           FOR UPDATE SKIP LOCKED) AS free
+ WHERE c.id = free.id
+"""
+
 PAGE_DONE: LiteralString = """
 WITH page AS (
     UPDATE public.import_pages

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +40,8 @@ from worker.errors import StaleJob
 from worker.llm.base import Usage
 
 COPY_BATCH = 512
+
+logger = logging.getLogger("fullpass.store")
 
 
 # --------------------------------------------------------------------------- data
@@ -1015,7 +1018,15 @@ def _vector_text(vector: Sequence[float]) -> str:
 
 
 class PgPageSource:
-    """The pages of a fanned-out stage, taken one at a time by one run of a lane."""
+    """The pages of a fanned-out stage, taken one at a time by one run of a lane.
+
+    Taking a page also prepares its chunks' full-text entries
+    (PREPARE_SEARCH_TEXT), on a connection of its own while the stage works
+    on the page (its model calls, mostly waiting): publishing then copies
+    them instead of computing them all at the end. It is an optimisation
+    only: a page whose preparation failed or never ran has its entries
+    computed at publish, so a failure is logged and nothing else.
+    """
 
     def __init__(self, pool: AsyncConnectionPool[Conn], fence: Fence, lane: int) -> None:
         self.pool = pool
@@ -1023,6 +1034,7 @@ class PgPageSource:
         self.lane = lane
         self.stats: dict[str, int] = {}
         self._attempt = 0
+        self._preparing: dict[int, asyncio.Task[None]] = {}
 
     @property
     def attempt(self) -> int:
@@ -1036,9 +1048,29 @@ class PgPageSource:
         if row is None:
             return None
         self._attempt = max(self._attempt, int(row["attempts"]))
-        return Page(int(row["page"]), list(row["chunk_ids"]), int(row["attempts"]))
+        page = Page(int(row["page"]), list(row["chunk_ids"]), int(row["attempts"]))
+        self._preparing[page.number] = asyncio.create_task(
+            self._prepare_search_text(page), name=f"fullpass-search-text-{page.number}"
+        )
+        return page
+
+    async def _prepare_search_text(self, page: Page) -> None:
+        params = {"import_id": self.fence.import_id, "ids": page.chunk_ids}
+        try:
+            async with self.pool.connection() as conn:
+                await conn.execute(queries.PREPARE_SEARCH_TEXT, params)
+        except Exception as exc:  # the publish computes what is missing
+            logger.warning(
+                "full-text entries of page %s not prepared (publish computes them): %s",
+                page.number,
+                exc,
+                extra={"import_id": str(self.fence.import_id), "stage": self.fence.stage},
+            )
 
     async def done(self, page: Page) -> None:
+        preparing = self._preparing.pop(page.number, None)
+        if preparing is not None:
+            await preparing
         async with self.pool.connection() as conn:
             row = await (
                 await conn.execute(

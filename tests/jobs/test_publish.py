@@ -279,3 +279,35 @@ async def test_completion_is_stamped_when_the_publish_ends_not_when_it_began(
     assert row["finished_at"] >= published_by
     assert row["completed_at"] >= row["finished_at"]
     assert row["full_pass_completed_at"] >= published_by
+
+
+async def test_publish_copies_the_staged_text_entries_and_computes_the_missing(
+    deps: runner.Deps, db_dsn: str
+) -> None:
+    import_id = submit(deps.settings, USER_A)
+    await drive(deps, db_dsn, import_id, until="embed")
+    staged = query(
+        db_dsn, "select id from import_chunks where import_id = %s order by id", (import_id,)
+    )
+    assert len(staged) >= 2
+    prepared, *others = (r["id"] for r in staged)
+    # An entry prepared while the pass ran is what gets published (a marker here)...
+    query(
+        db_dsn,
+        "update import_chunks set fullpass_fts = to_tsvector('english', 'zebra') where id = %s",
+        (prepared,),
+    )
+    query(db_dsn, "update import_chunks set fullpass_fts = null where id = any(%s)", (others,))
+    await drive(deps, db_dsn, import_id)
+    assert import_row(db_dsn, import_id)["status"] == "complete"
+    rows = query(
+        db_dsn,
+        "select id, fullpass_fts::text as fts,"
+        " fullpass_chunk_fts(title, content)::text as computed"
+        " from conversation_chunks where import_id = %s",
+        (import_id,),
+    )
+    by_id = {r["id"]: r for r in rows}
+    assert by_id[prepared]["fts"] == "'zebra':1"
+    # ... and one nobody prepared is computed as it is published.
+    assert all(by_id[i]["fts"] == by_id[i]["computed"] != "" for i in others)

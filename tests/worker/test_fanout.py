@@ -99,6 +99,16 @@ async def test_a_long_map_step_is_spread_over_lanes_and_finishes_once(
         db_dsn, "select count(*) as n from chunk_facts where import_id = %s", (import_id,)
     )
     assert checkpoints == [{"n": chunks}]
+    # The pages' chunks were prepared for full-text search on the way: the
+    # publish copies their entries, as the chunks' title and content give them.
+    staged = query(
+        db_dsn,
+        "select count(*) filter (where fullpass_fts is null) as missing,"
+        " count(*) filter (where fullpass_fts = fullpass_chunk_fts(title, content)) as right"
+        " from import_chunks where import_id = %s and chunk_tier = 'medium'",
+        (import_id,),
+    )
+    assert staged == [{"missing": 0, "right": chunks}]
 
     await drive(deps, db_dsn, import_id)
     assert import_row(db_dsn, import_id)["status"] == "complete"
