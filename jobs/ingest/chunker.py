@@ -30,7 +30,6 @@ from jobs.domain.transcript import CONTINUED, label
 from jobs.ingest.model import Chunk, Conversation, Message, Tier
 
 CHARS_PER_TOKEN: Final = 4
-#: Window sizes of the non-default tiers. ``medium`` follows ``ChunkConfig.target_tokens``.
 #: Window sizes of the tiers, matching the app's own: micro ~200 characters,
 #: macro ~5,000 characters; ``medium`` (the full pass's) follows
 #: ``ChunkConfig.target_tokens`` (2,000 tokens).
