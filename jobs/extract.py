@@ -41,6 +41,7 @@ Either way every fact keeps its source chunk and date.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -394,6 +395,7 @@ async def _online(
             stale.set()
 
     async def consume(tasks: asyncio.TaskGroup) -> None:
+        me = asyncio.current_task()
         while not stale.is_set() and (group := await queue.get()) is not None:
             try:
                 write = await _extract_group(ctx, group, state)
@@ -402,16 +404,21 @@ async def _online(
                 return
             if write is None and tracker is not None and group.page is not None:
                 tracker.failed(group.page)
+            if me is not None and me.cancelling():
+                # Cancelled (the job's shutdown, or another task failed) while the
+                # answer came back, and the answer won: a call's answer and its
+                # cancellation can arrive together, and the cancellation is then
+                # dropped on the way. Keep what was paid for, then stop as cancelled:
+                # going on would start new calls, and a task group that is shutting
+                # down takes no new task (that error would turn a shutdown into a
+                # failure of the stage).
+                if write is not None:
+                    with contextlib.suppress(Exception):  # a stale lease, a lost server
+                        await finish(write, group)
+                raise asyncio.CancelledError
             if write is not None:
                 # The checkpoint commits in the background: the call slot is free at once.
-                pending = finish(write, group)
-                try:
-                    tasks.create_task(pending)
-                except RuntimeError:
-                    # The group is shutting down: these chunks are asked again on resume.
-                    pending.close()
-                    write.close()
-                    raise
+                tasks.create_task(finish(write, group))
 
     try:
         async with asyncio.TaskGroup() as tasks:

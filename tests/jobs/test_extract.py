@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
@@ -29,6 +30,8 @@ from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault
 from tests.fakes.plugin import anthropic_provider
 from tests.helpers import drive, import_row, stage_rows, submit
 from worker import runner
+from worker.llm.base import ExtractionInput, LLMResult
+from worker.llm.offline import OfflineProvider
 from worker.settings import Settings
 from worker.store import ChunkText, Store
 
@@ -160,6 +163,47 @@ async def test_resume_after_interruption_never_pays_twice_for_a_chunk(
             assert counts[key] <= 1, "a checkpointed chunk was extracted again"
     assert query(db_dsn, "select count(*) as n from chunk_facts")[0]["n"] == total
     assert stage_rows(db_dsn, import_id)["extract"]["attempts"] == 2
+
+
+class AnswersWhenCancelled(OfflineProvider):
+    """Each call waits until it is cancelled, then answers anyway: what a call does when
+    its answer and the cancellation arrive together (``asyncio.wait_for`` in Python 3.11
+    returns the answer and drops the cancellation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+        self.cancelled = asyncio.Event()  # once set, calls answer at once
+
+    async def extract_facts(self, item: ExtractionInput) -> LLMResult[Facts]:
+        self.waiting += 1
+        try:
+            await self.cancelled.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+        return await super().extract_facts(item)
+
+
+async def test_a_job_cancelled_as_answers_arrive_stops_as_cancelled_and_keeps_them(
+    db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any]
+) -> None:
+    """A shutdown mid-map is an interruption, not a failure of the stage, even when
+    answers come back while the calls are being cancelled; those answers are kept."""
+    settings = make_settings(db_dsn, tmp_path, FULLPASS_EMBEDDINGS="none", FULLPASS_CONCURRENCY=2)
+    llm = AnswersWhenCancelled()
+    deps = runner.Deps(settings=settings, store=Store(pool), llm=llm)
+    import_id = submit(settings, USER_A, options='{"pack_tokens": 600}')
+    await drive(deps, db_dsn, import_id, until="chunk")
+    run = asyncio.create_task(drive(deps, db_dsn, import_id, until="extract"))
+    while llm.waiting < 2:
+        await asyncio.sleep(0.01)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    extract = stage_rows(db_dsn, import_id)["extract"]
+    assert (extract["status"], extract["error"], extract["attempts"]) == ("running", None, 1)
+    # The two answers were paid for: checkpointed, so a resumed job does not ask again.
+    assert query(db_dsn, "select count(*) as n from chunk_facts")[0]["n"] >= 2
 
 
 async def test_batch_mode_submits_polls_and_collects(
