@@ -152,7 +152,7 @@ async def _run_stage(
     logger.info("stage started", extra=log_extra)
     try:
         ctx = await _context(deps, claim)
-        with llm_scope(import_id, ctx.options.concurrency):
+        with llm_scope(import_id, ctx.options.concurrency, guard=ctx.store.ensure_current):
             result = await STAGE_FUNCTIONS[stage](ctx)
         following = await _finish(deps.store, claim, result)
     except StaleJob:
@@ -219,7 +219,7 @@ async def run_lane(
     logger.info("lane started", extra=log_extra)
     try:
         ctx = await _context(deps, claim)
-        with llm_scope(import_id, ctx.options.concurrency):
+        with llm_scope(import_id, ctx.options.concurrency, guard=ctx.store.ensure_current):
             await LANE_FUNCTIONS[stage](ctx, pages)
         last = await deps.store.lane_finished(claim, pages.stats)
     except StaleJob:

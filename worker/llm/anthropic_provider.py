@@ -40,7 +40,13 @@ from worker.llm.base import (
     Usage,
 )
 from worker.llm.budget import FleetBudget
-from worker.llm.limiter import AdaptiveLimiter, Permit, global_limiter, scope_limiter
+from worker.llm.limiter import (
+    AdaptiveLimiter,
+    Permit,
+    check_guard,
+    global_limiter,
+    scope_limiter,
+)
 from worker.llm.parse import BadAnswer, answer_text, parse_facts, parse_sections
 from worker.llm.prompts import (
     CONSOLIDATION_SYSTEM,
@@ -520,6 +526,7 @@ class AnthropicProvider:
             try:
                 if tokens is not None and self.budget is not None:
                     await self.budget.draw(tokens)
+                await check_guard()  # the job still owns its stage, after any wait
                 result = await call()
             except anthropic.APIStatusError as exc:
                 failure = self._classify(exc)

@@ -23,7 +23,7 @@ import contextlib
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
@@ -273,8 +273,20 @@ _IMPORTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, _S
 _SCOPE: ContextVar[AdaptiveLimiter | None] = ContextVar("fullpass_llm_scope", default=None)
 
 
+#: What a request of the current task awaits once it holds its slots, just
+#: before it is sent (see :func:`llm_scope`).
+_GUARD: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "fullpass_llm_guard", default=None
+)
+
+
 @contextlib.contextmanager
-def llm_scope(import_id: Hashable, concurrency: int) -> Iterator[AdaptiveLimiter]:
+def llm_scope(
+    import_id: Hashable,
+    concurrency: int,
+    *,
+    guard: Callable[[], Awaitable[None]] | None = None,
+) -> Iterator[AdaptiveLimiter]:
     """Run the block's LLM calls under the limiter of ``import_id``.
 
     Every job of the same import running in this process (the stage's own and
@@ -282,6 +294,14 @@ def llm_scope(import_id: Hashable, concurrency: int) -> Iterator[AdaptiveLimiter
     of them runs, so what it learnt from a 429 carries over between them. A
     job that brings another ``concurrency`` (the import's options changed on
     a requeue) resizes it. Must be entered with the event loop running.
+
+    ``guard``: awaited by every request once it holds its slots (and its
+    budget), right before it is sent, and again before each retry: the job's
+    lease check, raising when the job no longer owns its stage. A request may
+    wait long for a slot or a backoff, and the job may lose its stage
+    meanwhile (handed to another worker after this one stalled): checked
+    only before the wait, it would pay for chunks another worker has
+    already done.
     """
     loop = asyncio.get_running_loop()
     shared_by_import = _IMPORTS.setdefault(loop, {})
@@ -292,9 +312,11 @@ def llm_scope(import_id: Hashable, concurrency: int) -> Iterator[AdaptiveLimiter
         shared.limiter.resize(concurrency)
     shared.users += 1
     token = _SCOPE.set(shared.limiter)
+    guarded = _GUARD.set(guard)
     try:
         yield shared.limiter
     finally:
+        _GUARD.reset(guarded)
         _SCOPE.reset(token)
         shared.users -= 1
         if shared.users == 0 and shared_by_import.get(import_id) is shared:
@@ -304,3 +326,10 @@ def llm_scope(import_id: Hashable, concurrency: int) -> Iterator[AdaptiveLimiter
 def scope_limiter() -> AdaptiveLimiter | None:
     """The limiter of the import the current task works for, if any."""
     return _SCOPE.get()
+
+
+async def check_guard() -> None:
+    """Await the current scope's guard, if any (see :func:`llm_scope`)."""
+    guard = _GUARD.get()
+    if guard is not None:
+        await guard()
