@@ -35,6 +35,8 @@ CHARS_PER_TOKEN: Final = 4
 #: ``ChunkConfig.target_tokens`` (2,000 tokens).
 TIER_TOKENS: Final[Mapping[Tier, int]] = {"micro": 50, "medium": 2000, "macro": 1250}
 MIN_TARGET_TOKENS: Final = 64
+#: Of a message cut at ``message_chars``, the share kept from its end.
+TAIL_SHARE: Final = 0.3
 
 _MESSAGE_SEPARATOR: Final = "\n\n"
 #: The end of a line or of a sentence (closing quotes and brackets stay with it).
@@ -94,7 +96,34 @@ def render_transcript(messages: Sequence[Message]) -> str:
 
 
 def _capped(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit].rstrip() + "…"
+    """``text`` cut to ``limit`` characters: its start and its end, whole lines (or
+    words) on both sides of a marker saying how much was left out. The end is kept
+    because what a user types after a long paste is in their own words."""
+    if len(text) <= limit:
+        return text
+    tail_chars = int(limit * TAIL_SHARE)
+    head = _whole_end(text[: limit - tail_chars])
+    tail = _whole_start(text[len(text) - tail_chars :])
+    left = len(text) - len(head) - len(tail)
+    return f"{head}\n[… {left:,} characters left out …]\n{tail}"
+
+
+def _whole_end(text: str) -> str:
+    """``text`` up to its last line break (else space) in its second half."""
+    half = len(text) // 2
+    cut = text.rfind("\n", half)
+    if cut < 0:
+        cut = text.rfind(" ", half)
+    return (text[:cut] if cut >= 0 else text).rstrip()
+
+
+def _whole_start(text: str) -> str:
+    """``text`` from after its first line break (else space) in its first half."""
+    half = len(text) // 2
+    cut = text.find("\n", 0, half)
+    if cut < 0:
+        cut = text.find(" ", 0, half)
+    return (text[cut + 1 :] if cut >= 0 else text).lstrip()
 
 
 class _Transcript:

@@ -175,9 +175,28 @@ def test_stored_messages_are_cut_where_the_app_cuts_them() -> None:
     chunks = chunks_of(conversation(long, "short answer"), tiers=("macro",))
     text = "".join(c.content for c in chunks)
     assert text.count("word") <= 1000 + 150  # 5,000 characters of it, plus the chunk overlap
-    assert "…" in text and "short answer" in text
+    assert "characters left out" in text and "short answer" in text
     wide = chunks_of(conversation(long), tiers=("macro",), message_chars=20_000)
     assert "".join(c.content for c in wide).count("word") >= 3000
+
+
+def test_words_after_a_long_paste_survive_the_cut() -> None:
+    paste = "\n".join(f"2025-01-0{i % 9 + 1} INFO step {i} finished in {i * 7} ms" for i in range(400))
+    said = "Anyway, unrelated: I just adopted a beagle called Pixel."
+    message = f"Here is the log, why does it fail?\n\n{paste}\n\n{said}"
+    assert len(message) > 15_000
+    text = "".join(c.content for c in chunks_of(conversation(message), tiers=("macro",)))
+    assert "Here is the log, why does it fail?" in text
+    assert said in text  # the user's own words after the paste are kept
+    cut = re.search(r"\[… ([\d,]+) characters left out …\]", text)
+    assert cut is not None
+    left_out = int(cut.group(1).replace(",", ""))
+    transcript = _Transcript(conversation(message).messages, 5000).text
+    kept = len(transcript) - len("User: ") - len(cut.group(0)) - 2
+    assert kept == len(message) - left_out
+    assert 4_900 < kept <= 5_000  # the message's first and last characters, 5,000 in all
+    # whole lines on both sides of the cut: no word is broken in two
+    assert re.search(r"\n\[… [\d,]+ characters left out …\]\n2025-", transcript)
 
 
 @pytest.mark.parametrize(("days_ago", "recent"), [(0, True), (183, True), (184, False)])
