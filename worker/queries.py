@@ -306,8 +306,14 @@ UPDATE public.import_lanes
 RETURNING 1
 """
 
-#: What a run of a lane did, added to the lane's record (under LOCK_IMPORT).
+#: What a run of a lane did, added to the lane's record (under LOCK_IMPORT);
+#: ``finished``: the lane is done. Returns whether the last lane out had
+#: closed it already.
 LANE_STATS: LiteralString = """
+WITH before AS (
+    SELECT finished_at FROM public.import_lanes
+     WHERE import_id = %(import_id)s AND stage = %(stage)s AND lane = %(lane)s
+)
 UPDATE public.import_lanes l
    SET stats = (SELECT coalesce(jsonb_object_agg(x.k, x.v), '{}'::jsonb)
                   FROM (SELECT n.k, sum(n.v::bigint) AS v
@@ -315,9 +321,12 @@ UPDATE public.import_lanes l
                                 UNION ALL
                                 SELECT * FROM jsonb_each_text(%(stats)s::jsonb)) AS n(k, v)
                          GROUP BY n.k) x),
-       finished_at = CASE WHEN %(finished)s THEN now() END, updated_at = now()
+       finished_at = CASE WHEN %(finished)s THEN coalesce(l.finished_at, now())
+                          ELSE l.finished_at END,
+       updated_at = now()
  WHERE l.import_id = %(import_id)s AND l.stage = %(stage)s AND l.lane = %(lane)s
    AND l.lease = %(lease)s
+RETURNING (SELECT finished_at IS NOT NULL FROM before) AS closed
 """
 
 #: Pages of the stage not done yet (under LOCK_IMPORT, by the lane finishing).
@@ -327,13 +336,20 @@ SELECT count(*) AS n FROM public.import_pages
 """
 
 #: The last lane out queues the stage's job again: it finds the work done and
-#: finishes the stage.
+#: finishes the stage. Every lane is closed with it: a lane whose job starts
+#: later (it waited for a slot) is not needed, and one still running when the
+#: stage's run begins must not queue the stage a second time.
 REQUEUE_FANNED_OUT: LiteralString = """
 WITH st AS (
     UPDATE public.import_stages
        SET status = 'queued', updated_at = now()
      WHERE import_id = %(import_id)s AND stage = %(stage)s AND status = 'running'
     RETURNING 1
+), closed AS (
+    UPDATE public.import_lanes
+       SET finished_at = now(), updated_at = now()
+     WHERE import_id = %(import_id)s AND stage = %(stage)s AND finished_at IS NULL
+       AND EXISTS (SELECT 1 FROM st)
 )
 SELECT public.fullpass_defer(%(import_id)s, %(stage)s, %(generation)s) AS job_id
   FROM st

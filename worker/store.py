@@ -506,7 +506,9 @@ class Store:
         async with self.pool.connection() as conn, conn.transaction():
             if not await self._is_current(conn, fence, lock=True):
                 return False  # another lane finished the stage, or the import moved on
-            await conn.execute(queries.LANE_STATS, params)
+            lane = await (await conn.execute(queries.LANE_STATS, params)).fetchone()
+            if lane is None or lane["closed"]:
+                return False  # closed by the last lane out: the stage is queued already
             row = await (await conn.execute(queries.OPEN_PAGES, fence.params())).fetchone()
             if row is None or row["n"]:
                 return False  # pages still running in other lanes: the last of them queues

@@ -235,6 +235,69 @@ async def test_a_fanned_out_stage_whose_lanes_are_lost_is_planned_again(
     assert max(llm.sent.values()) == 1
 
 
+async def test_a_lane_starting_after_the_last_one_out_leaves_the_stage_to_its_run(
+    settings: Settings,
+    pool: AsyncConnectionPool[Any],
+    db_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One lane took every page and queued the stage; the stage's run has begun
+    when another lane's job starts (it waited for a slot): that lane has nothing
+    to do, and neither queues the stage again nor keeps it from finishing."""
+    deps = deps_with(settings, pool, CountingProvider())
+    import_id = submit(settings, USER_A, options=SPREAD)
+    await drive(deps, db_dsn, import_id, until="chunk")
+    await drive_one(deps, db_dsn, import_id)  # extract fans out
+    await drive_one(deps, db_dsn, import_id)  # embed (skipped: embeddings are off)
+    first, second = lane_jobs(db_dsn, import_id)[:2]
+    await runner.run_lane(deps, "extract", import_id, 1, first["args"]["lane"], job_id=first["id"])
+    assert stage_rows(db_dsn, import_id)["extract"]["status"] == "queued"  # the last one out
+
+    claim = deps.store.claim
+
+    async def claim_then_second_lane(*args: Any, **kwargs: Any) -> Any:
+        claimed = await claim(*args, **kwargs)
+        await runner.run_lane(
+            deps, "extract", import_id, 1, second["args"]["lane"], job_id=second["id"]
+        )
+        return claimed
+
+    monkeypatch.setattr(deps.store, "claim", claim_then_second_lane)
+    await drive_one(deps, db_dsn, import_id)  # the stage's run
+
+    extract = stage_rows(db_dsn, import_id)["extract"]
+    assert extract["status"] == "done", extract["error"]
+    assert extract["attempts"] == 1
+    todo = [j["task_name"] for j in jobs_of(db_dsn, import_id) if j["status"] == "todo"]
+    assert "fullpass.extract" not in todo and "fullpass.reduce" in todo
+
+
+async def test_a_lane_still_running_when_the_stage_runs_again_does_not_queue_it_twice(
+    settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
+) -> None:
+    deps = deps_with(settings, pool, CountingProvider())
+    import_id = submit(settings, USER_A, options=SPREAD)
+    await drive(deps, db_dsn, import_id, until="chunk")
+    await drive_one(deps, db_dsn, import_id)  # extract fans out
+    await drive_one(deps, db_dsn, import_id)  # embed (skipped: embeddings are off)
+    first, second = lane_jobs(db_dsn, import_id)[:2]
+    late = await deps.store.claim_lane(import_id, 1, "extract", second["args"]["lane"])
+    assert late is not None  # running, between two pages
+    await runner.run_lane(deps, "extract", import_id, 1, first["args"]["lane"], job_id=first["id"])
+    # The stage's run: its job fetched, the stage claimed.
+    query(
+        db_dsn,
+        "update procrastinate_jobs set status = 'doing' where task_name = 'fullpass.extract'"
+        " and status = 'todo' and args ->> 'import_id' = %s",
+        (str(import_id),),
+    )
+    assert await deps.store.claim(import_id, 1, "extract") is not None
+    assert await deps.store.lane_finished(late, {"calls": 0}) is False
+    todo = [j["task_name"] for j in jobs_of(db_dsn, import_id) if j["status"] == "todo"]
+    assert "fullpass.extract" not in todo
+    assert stage_rows(db_dsn, import_id)["extract"]["status"] == "running"
+
+
 async def test_a_worker_runs_one_lane_of_an_import_at_a_time(
     settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
 ) -> None:
