@@ -298,7 +298,7 @@ async def test_a_lane_still_running_when_the_stage_runs_again_does_not_queue_it_
     assert stage_rows(db_dsn, import_id)["extract"]["status"] == "running"
 
 
-async def test_a_worker_runs_one_lane_of_an_import_at_a_time(
+async def test_a_worker_runs_one_lane_of_each_stage_of_an_import_at_a_time(
     settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
 ) -> None:
     deps = deps_with(settings, pool, OfflineProvider())
@@ -311,7 +311,7 @@ async def test_a_worker_runs_one_lane_of_an_import_at_a_time(
             db_dsn,
             "insert into procrastinate_workers (last_heartbeat) values (now()) returning id",
         )[0]["id"]
-        for _ in range(2)
+        for _ in range(3)
     ]
 
     def fetch(worker: int) -> dict[str, Any] | None:
@@ -328,10 +328,16 @@ async def test_a_worker_runs_one_lane_of_an_import_at_a_time(
     second = fetch(workers[1])
     assert second is not None and second["args"]["lane"] != first["args"]["lane"]
     assert fetch(workers[1]) is None
-    # Nor a lane of another stage of the same import: one lane of an import per
-    # worker, so that an import never takes all of a worker's slots.
-    query(db_dsn, "select public.fullpass_defer_lanes(%s, 'embed', 1, 1)", (import_id,))
-    assert fetch(workers[0]) is None
+    # A lane of another stage of the same import is fetched: it shares nothing
+    # with the first (one lane of each stage), and the map step's lanes go
+    # before the embed stage's, whatever their order in the queue.
+    query(db_dsn, "select public.fullpass_defer_lanes(%s, 'embed', 1, 2)", (import_id,))
+    query(db_dsn, "select public.fullpass_defer_lanes(%s, 'extract', 1, 1)", (import_id,))
+    third = fetch(workers[2])
+    assert third is not None and third["args"]["stage"] == "extract"
+    embed = fetch(workers[0])
+    assert embed is not None and embed["args"]["stage"] == "embed"
+    assert fetch(workers[0]) is None  # its second embed lane waits for another worker
     # Another import's stage job is still fetched by a worker busy with a lane.
     other = submit(settings, uuid.UUID(int=7), options=SPREAD)
     job = fetch(workers[0])

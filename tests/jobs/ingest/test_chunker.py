@@ -181,7 +181,9 @@ def test_stored_messages_are_cut_where_the_app_cuts_them() -> None:
 
 
 def test_words_after_a_long_paste_survive_the_cut() -> None:
-    paste = "\n".join(f"2025-01-0{i % 9 + 1} INFO step {i} finished in {i * 7} ms" for i in range(400))
+    paste = "\n".join(
+        f"2025-01-0{i % 9 + 1} INFO step {i} finished in {i * 7} ms" for i in range(400)
+    )
     said = "Anyway, unrelated: I just adopted a beagle called Pixel."
     message = f"Here is the log, why does it fail?\n\n{paste}\n\n{said}"
     assert len(message) > 15_000
