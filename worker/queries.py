@@ -336,9 +336,9 @@ SELECT count(*) AS n FROM public.import_pages
 """
 
 #: The last lane out queues the stage's job again: it finds the work done and
-#: finishes the stage. Every lane is closed with it: a lane whose job starts
-#: later (it waited for a slot) is not needed, and one still running when the
-#: stage's run begins must not queue the stage a second time.
+#: finishes the stage. Every lane is closed with it, and the lanes' jobs still
+#: queued are cancelled: a lane whose job starts later is not needed, and one
+#: still running when the stage's run begins must not queue the stage again.
 REQUEUE_FANNED_OUT: LiteralString = """
 WITH st AS (
     UPDATE public.import_stages
@@ -350,8 +350,15 @@ WITH st AS (
        SET finished_at = now(), updated_at = now()
      WHERE import_id = %(import_id)s AND stage = %(stage)s AND finished_at IS NULL
        AND EXISTS (SELECT 1 FROM st)
+), unneeded AS (
+    SELECT public.procrastinate_cancel_job_v1(j.id, false, false) AS id
+      FROM public.procrastinate_jobs j
+     WHERE j.task_name = 'fullpass.lane' AND j.status = 'todo'
+       AND j.args ->> 'import_id' = %(import_id)s::text AND j.args ->> 'stage' = %(stage)s
+       AND EXISTS (SELECT 1 FROM st)
 )
-SELECT public.fullpass_defer(%(import_id)s, %(stage)s, %(generation)s) AS job_id
+SELECT public.fullpass_defer(%(import_id)s, %(stage)s, %(generation)s) AS job_id,
+       (SELECT count(*) FROM unneeded) AS cancelled_lanes
   FROM st
 """
 
