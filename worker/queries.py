@@ -893,7 +893,7 @@ SELECT id, status, stage, updated_at FROM public.imports
 FETCH_JOB: LiteralString = """
 SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,
        attempts, worker_id
-  FROM public.fullpass_fetch_job(%(queues)s::varchar[], %(worker_id)s)
+  FROM public.fullpass_fetch_job(%(queues)s::varchar[], %(worker_id)s, %(spare_slots)s)
 """
 
 #: procrastinate's heartbeat, sent on the worker's own connection. Its

@@ -22,8 +22,9 @@ here, each override for a reason procrastinate's worker gets wrong for us:
   froze past the stalled timeout and its job was handed over).
 * ``JobManager.fetch_job`` (:class:`FullpassJobManager`): jobs are fetched by
   ``public.fullpass_fetch_job``, procrastinate's fetch with one rule more: a
-  worker runs at most one lane of an import at a time, so that a
-  stage spread over lanes runs on as many workers as it has lanes. It copies
+  worker runs at most one lane of each stage of an import at a time, so that
+  a stage spread over lanes runs on as many workers as it has lanes, and a
+  lane of a second stage only with a slot to spare (:meth:`ResilientWorker.spare_slots`). It copies
   ``procrastinate_fetch_job_v2``: follow it when the pinned version moves.
 
 The statements involved live in :mod:`worker.queries` ("the queue").
@@ -36,7 +37,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import procrastinate
@@ -61,13 +62,23 @@ FENCE_GRACE_SECONDS = 5.0
 
 
 class FullpassJobManager(pmanager.JobManager):
-    """procrastinate's job manager, fetching with ``public.fullpass_fetch_job``."""
+    """procrastinate's job manager, fetching with ``public.fullpass_fetch_job``.
+
+    ``spare_slots`` (set by the worker): how many of the worker's slots stay
+    free once the job being fetched runs. A worker takes a lane of an import's
+    second fanned-out stage only if one does (revision 0016).
+    """
+
+    def __init__(self, connector: Any) -> None:
+        super().__init__(connector)
+        self.spare_slots: Callable[[], int] = lambda: 0
 
     async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> pjobs.Job | None:
         row = await self.connector.execute_query_one_async(
             query=queries.FETCH_JOB,
             queues=list(queues) if queues is not None else None,
             worker_id=worker_id,
+            spare_slots=self.spare_slots(),
         )
         if row["id"] is None:
             return None
@@ -117,6 +128,12 @@ class ResilientWorker(pworker.Worker):
         self._ignored_notifications = 0
         #: Jobs the sweeper saw marked as ours that we do not run (see the sweeper).
         self.orphans_seen: set[int] = set()
+        if isinstance(self.app.job_manager, FullpassJobManager):
+            self.app.job_manager.spare_slots = self.spare_slots
+
+    def spare_slots(self) -> int:
+        """Slots left free once the job being fetched runs (its own slot is taken already)."""
+        return max(self.concurrency - len(self._running_jobs) - 1, 0)
 
     def _db_warning(self, what: str, exc: BaseException) -> None:
         now = time.monotonic()

@@ -76,7 +76,8 @@ async def run_lane(
 def build_app() -> procrastinate.App:
     """A procrastinate app with every stage task registered (the pool is given at open)."""
     app = procrastinate.App(connector=procrastinate.PsycopgConnector())
-    # Jobs are fetched by fullpass's own fetch (a worker runs one lane of an import at a time).
+    # Jobs are fetched by fullpass's own fetch (a worker runs one lane of each stage of an
+    # import at a time).
     app.job_manager = FullpassJobManager(app.connector)
     for stage in STAGES:
         app.task(

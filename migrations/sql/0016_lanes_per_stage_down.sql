@@ -1,7 +1,9 @@
 -- One lane of an import per worker, whatever its stage (0012's fetch), and
 -- every lane at priority -1 (0009's).
 
-CREATE OR REPLACE FUNCTION public.fullpass_fetch_job(target_queue_names varchar[], p_worker_id bigint)
+DROP FUNCTION public.fullpass_fetch_job(varchar[], bigint, int);
+
+CREATE FUNCTION public.fullpass_fetch_job(target_queue_names varchar[], p_worker_id bigint)
     RETURNS public.procrastinate_jobs
     LANGUAGE plpgsql
     SET search_path = pg_catalog, public, pg_temp
@@ -68,3 +70,6 @@ AS $$
           FROM generate_series(1, p_lanes) AS n
     ))
 $$;
+
+REVOKE ALL ON FUNCTION public.fullpass_fetch_job(varchar[], bigint)
+    FROM PUBLIC, anon, authenticated;

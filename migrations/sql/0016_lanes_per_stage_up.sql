@@ -8,14 +8,20 @@
 -- the map step, the embedding requests for embed); another lane of the same
 -- stage would only share it. Lanes of two stages share nothing: an embed lane
 -- waiting for the map step's lane (or the other way round) only made the pass
--- longer. With the default four slots, an import's lanes still leave two of a
--- worker's slots free.
+-- longer. A worker takes a lane of an import's second fanned-out stage only
+-- when a slot of its stays free besides (the worker says how many do, as
+-- `p_spare_slots`): an import never takes a worker's last free slot with its
+-- lanes, and a small import arriving finds one.
 --
 -- The map step is the pass's critical path (reduce, MEMORY, the sections and
 -- the publish wait for it); embedding only has to end before the publish. Its
 -- lanes now go first (priority -1 against -2; stage jobs keep 0).
 
-CREATE OR REPLACE FUNCTION public.fullpass_fetch_job(target_queue_names varchar[], p_worker_id bigint)
+DROP FUNCTION public.fullpass_fetch_job(varchar[], bigint);
+
+CREATE FUNCTION public.fullpass_fetch_job(
+    target_queue_names varchar[], p_worker_id bigint, p_spare_slots int DEFAULT 0
+)
     RETURNS public.procrastinate_jobs
     LANGUAGE plpgsql
     SET search_path = pg_catalog, public, pg_temp
@@ -43,7 +49,8 @@ BEGIN
                     WHERE mine.status = 'doing' AND mine.worker_id = p_worker_id
                       AND mine.task_name = 'fullpass.lane'
                       AND mine.args ->> 'import_id' = jobs.args ->> 'import_id'
-                      AND mine.args ->> 'stage' = jobs.args ->> 'stage'))
+                      AND (mine.args ->> 'stage' = jobs.args ->> 'stage'
+                           OR coalesce(p_spare_slots, 0) < 1)))
          ORDER BY jobs.priority DESC, jobs.id ASC
          LIMIT 1
            FOR UPDATE OF jobs SKIP LOCKED
@@ -83,3 +90,6 @@ AS $$
           FROM generate_series(1, p_lanes) AS n
     ))
 $$;
+
+REVOKE ALL ON FUNCTION public.fullpass_fetch_job(varchar[], bigint, int)
+    FROM PUBLIC, anon, authenticated;

@@ -23,10 +23,11 @@ from psycopg_pool import AsyncConnectionPool
 from jobs.domain.facts import Facts
 from tests.conftest import USER_A, make_settings, query
 from tests.helpers import drive, import_row, jobs_of, stage_rows, submit
-from worker import maintenance, runner
+from worker import maintenance, runner, tasks
 from worker.embeddings import make_embedder
 from worker.llm.base import ExtractionInput, LLMResult, ModelUnavailable
 from worker.llm.offline import OfflineProvider
+from worker.queue import ResilientWorker
 from worker.settings import Settings
 from worker.stages import LANE_TASK
 from worker.store import Store
@@ -321,11 +322,12 @@ async def test_a_worker_runs_one_lane_of_each_stage_of_an_import_at_a_time(
         for _ in range(3)
     ]
 
-    def fetch(worker: int) -> dict[str, Any] | None:
+    def fetch(worker: int, spare: int = 3) -> dict[str, Any] | None:
+        """A fetch by ``worker``, ``spare`` of whose slots stay free once the job runs."""
         row = query(
             db_dsn,
-            "select id, task_name, args from public.fullpass_fetch_job(array['imports'], %s)",
-            (worker,),
+            "select id, task_name, args from public.fullpass_fetch_job(array['imports'], %s, %s)",
+            (worker, spare),
         )[0]
         return row if row["id"] is not None else None
 
@@ -342,13 +344,42 @@ async def test_a_worker_runs_one_lane_of_each_stage_of_an_import_at_a_time(
     query(db_dsn, "select public.fullpass_defer_lanes(%s, 'extract', 1, 1)", (import_id,))
     third = fetch(workers[2])
     assert third is not None and third["args"]["stage"] == "extract"
-    embed = fetch(workers[0])
+    # ...but not into a worker's last free slot: an import never takes them all.
+    assert fetch(workers[0], spare=0) is None
+    embed = fetch(workers[0], spare=1)
     assert embed is not None and embed["args"]["stage"] == "embed"
     assert fetch(workers[0]) is None  # its second embed lane waits for another worker
     # Another import's stage job is still fetched by a worker busy with a lane.
     other = submit(settings, uuid.UUID(int=7), options=SPREAD)
     job = fetch(workers[0])
     assert job is not None and job["args"]["import_id"] == str(other)
+
+
+async def test_a_worker_asks_for_a_second_stage_s_lane_only_with_a_slot_to_spare(
+    settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
+) -> None:
+    """The worker's own fetch says how many of its slots stay free."""
+    import_id = submit(settings, USER_A, options=SPREAD)
+    query(
+        db_dsn, "delete from procrastinate_jobs where args ->> 'import_id' = %s", (str(import_id),)
+    )
+    query(db_dsn, "select public.fullpass_defer_lanes(%s, 'extract', 1, 1)", (import_id,))
+    query(db_dsn, "select public.fullpass_defer_lanes(%s, 'embed', 1, 1)", (import_id,))
+    app = tasks.build_app()
+    worker = ResilientWorker(
+        app=app, queues=["imports"], concurrency=2, wait=False, heartbeat_dsn=db_dsn
+    )
+    async with app.open_async(pool):
+        worker_id = await app.job_manager.register_worker()
+        first = await app.job_manager.fetch_job(["imports"], worker_id)
+        assert first is not None and first.task_kwargs["stage"] == "extract"
+        # The lane runs: of the worker's two slots, the next job's would be the last.
+        worker._running_jobs[asyncio.Future()] = None  # type: ignore[index]
+        assert worker.spare_slots() == 0
+        assert await app.job_manager.fetch_job(["imports"], worker_id) is None
+        worker.concurrency = 3
+        second = await app.job_manager.fetch_job(["imports"], worker_id)
+        assert second is not None and second.task_kwargs["stage"] == "embed"
 
 
 async def test_embedding_is_spread_too(

@@ -40,7 +40,9 @@ def test_the_fetch_does_not_wait_for_the_wal_flush(settings: Settings, db_dsn: s
     submit(settings, USER_A)
     worker_id = register_worker(db_dsn)
     with psycopg.connect(db_dsn) as conn:  # one transaction, as the fetch's own
-        row = conn.execute(queries.FETCH_JOB, {"queues": ["imports"], "worker_id": worker_id})
+        row = conn.execute(
+            queries.FETCH_JOB, {"queues": ["imports"], "worker_id": worker_id, "spare_slots": 1}
+        )
         assert row.fetchone() is not None
         setting = conn.execute("select current_setting('synchronous_commit')").fetchone()
         assert setting == ("off",)
@@ -50,7 +52,9 @@ def test_the_fetch_leaves_the_connection_synchronous(settings: Settings, db_dsn:
     submit(settings, USER_A)
     worker_id = register_worker(db_dsn)
     with psycopg.connect(db_dsn, autocommit=True) as conn:  # as the pool's connections
-        job = conn.execute(queries.FETCH_JOB, {"queues": ["imports"], "worker_id": worker_id})
+        job = conn.execute(
+            queries.FETCH_JOB, {"queues": ["imports"], "worker_id": worker_id, "spare_slots": 1}
+        )
         assert job.fetchone()[0] is not None  # type: ignore[index]
         setting = conn.execute("select current_setting('synchronous_commit')").fetchone()
         assert setting == ("on",)
