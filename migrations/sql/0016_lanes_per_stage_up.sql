@@ -8,14 +8,16 @@
 -- the map step, the embedding requests for embed); another lane of the same
 -- stage would only share it. Lanes of two stages share nothing: an embed lane
 -- waiting for the map step's lane (or the other way round) only made the pass
--- longer. A worker takes a lane of an import's second fanned-out stage only
--- when a slot of its stays free besides (the worker says how many do, as
--- `p_spare_slots`): an import never takes a worker's last free slot with its
--- lanes, and a small import arriving finds one.
+-- longer.
 --
 -- The map step is the pass's critical path (reduce, MEMORY, the sections and
 -- the publish wait for it); embedding only has to end before the publish. Its
--- lanes now go first (priority -1 against -2; stage jobs keep 0).
+-- lanes now go first (priority -1 against -2; stage jobs keep 0), and a worker
+-- running a lane of an import takes an embed lane of the same import only when
+-- a slot of its stays free besides (the worker says how many do, as
+-- `p_spare_slots`), so that the import's embedding never takes a worker's last
+-- free slot; the map step's lane may (it would otherwise wait for the embed
+-- stage on a worker of two slots).
 
 DROP FUNCTION public.fullpass_fetch_job(varchar[], bigint);
 
@@ -50,7 +52,8 @@ BEGIN
                       AND mine.task_name = 'fullpass.lane'
                       AND mine.args ->> 'import_id' = jobs.args ->> 'import_id'
                       AND (mine.args ->> 'stage' = jobs.args ->> 'stage'
-                           OR coalesce(p_spare_slots, 0) < 1)))
+                           OR (coalesce(p_spare_slots, 0) < 1
+                               AND jobs.args ->> 'stage' <> 'extract'))))
          ORDER BY jobs.priority DESC, jobs.id ASC
          LIMIT 1
            FOR UPDATE OF jobs SKIP LOCKED
