@@ -34,6 +34,7 @@ from typing import Final, Literal
 from worker.embeddings.base import InputKind
 from worker.embeddings.batching import BatchingEmbedder, GroupResult, gather_all
 from worker.errors import FullpassError, NeedsOperator, Transient, Unusable
+from worker.llm.limiter import check_guard
 from worker.redact import redact
 from worker.retry import backoff, retry_async
 
@@ -152,6 +153,10 @@ class RemoteEmbedder(BatchingEmbedder):
             nonlocal made
             made += 1
             async with self._slots:
+                # The job's lease, checked once the request holds its slot (it may
+                # have waited long for it, or for a backoff): a job that lost its
+                # stage sends nothing more.
+                await check_guard()
                 return await self._request(texts, kind)
 
         try:
