@@ -1,8 +1,8 @@
 """Benchmark: a full import against the fake Messages API with fixed latency.
 
     .venv/bin/python bench/pipeline.py [--conversations 2000] [--latency 0.2] [--concurrency 10]
-                                       [--reimport PCT] [--options '{"paste_chars": 0}'] [--sweep]
-                                       [--keep]
+                                       [--worker-concurrency 4] [--reimport PCT]
+                                       [--options '{"paste_chars": 0}'] [--sweep] [--keep]
 
 Reports, for the extract (map) stage:
 - wall time against the ideal ``calls * latency / concurrency`` (target ≥ 0.9 of ideal);
@@ -480,7 +480,14 @@ async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, 
         settings = Settings(**env)
         # The worker runs in a process of its own, as in production.
         worker = subprocess.Popen(  # noqa: ASYNC220 (started before anything is timed)
-            [sys.executable, "-m", "worker.cli", "worker", "--concurrency", "2"],
+            [
+                sys.executable,
+                "-m",
+                "worker.cli",
+                "worker",
+                "--concurrency",
+                str(args.worker_concurrency),
+            ],
             cwd=REPO,
             env={**os.environ, **{k: str(v) for k, v in env.items()}},
         )
@@ -563,6 +570,7 @@ async def _measure(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, 
         "chunks": len(chunks),
         "latency_s": args.latency,
         "concurrency": args.concurrency,
+        "worker_concurrency": args.worker_concurrency,
         "total_wall_s": round(total_wall, 2),
         "extract": {
             "model": stage["model"],
@@ -612,6 +620,12 @@ def main() -> None:
     p.add_argument("--conversations", type=int, default=2000)
     p.add_argument("--latency", type=float, default=0.2)
     p.add_argument("--concurrency", type=int, default=10)
+    p.add_argument(
+        "--worker-concurrency",
+        type=int,
+        default=Settings.model_fields["worker_concurrency"].default,
+        help="stage jobs the worker runs at once (FULLPASS_WORKER_CONCURRENCY's default)",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument(
         "--reimport",

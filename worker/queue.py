@@ -23,8 +23,8 @@ here, each override for a reason procrastinate's worker gets wrong for us:
 * ``JobManager.fetch_job`` (:class:`FullpassJobManager`): jobs are fetched by
   ``public.fullpass_fetch_job``, procrastinate's fetch with one rule more: a
   worker runs at most one lane of each stage of an import at a time, so that
-  a stage spread over lanes runs on as many workers as it has lanes, and an
-  embed lane beside another lane of its import only with a slot to spare
+  a stage spread over lanes runs on as many workers as it has lanes, and a
+  lane of an import's other stage only with a slot to spare
   (:meth:`ResilientWorker.spare_slots`). It copies
   ``procrastinate_fetch_job_v2``: follow it when the pinned version moves.
 
@@ -67,7 +67,7 @@ class FullpassJobManager(pmanager.JobManager):
 
     ``spare_slots`` (set by the worker): how many of the worker's slots stay
     free once the job being fetched runs. A worker running a lane of an import
-    takes an embed lane of the same import only if one does (revision 0016).
+    takes a lane of the import's other stage only if one does (revision 0016).
     """
 
     def __init__(self, connector: Any) -> None:

@@ -12,12 +12,13 @@
 --
 -- The map step is the pass's critical path (reduce, MEMORY, the sections and
 -- the publish wait for it); embedding only has to end before the publish. Its
--- lanes now go first (priority -1 against -2; stage jobs keep 0), and a worker
--- running a lane of an import takes an embed lane of the same import only when
--- a slot of its stays free besides (the worker says how many do, as
--- `p_spare_slots`), so that the import's embedding never takes a worker's last
--- free slot; the map step's lane may (it would otherwise wait for the embed
--- stage on a worker of two slots).
+-- lanes now go first (priority -1 against -2; stage jobs keep 0).
+--
+-- A worker running a lane of an import takes a lane of another stage of the
+-- same import only when a slot of its stays free besides (the worker says how
+-- many do, as `p_spare_slots`): an import never takes a worker's last free slot
+-- with a second lane, and a small import arriving finds one. (On a worker of
+-- two slots the second stage's lanes therefore run elsewhere, or after.)
 
 DROP FUNCTION public.fullpass_fetch_job(varchar[], bigint);
 
@@ -52,8 +53,7 @@ BEGIN
                       AND mine.task_name = 'fullpass.lane'
                       AND mine.args ->> 'import_id' = jobs.args ->> 'import_id'
                       AND (mine.args ->> 'stage' = jobs.args ->> 'stage'
-                           OR (coalesce(p_spare_slots, 0) < 1
-                               AND jobs.args ->> 'stage' <> 'extract'))))
+                           OR coalesce(p_spare_slots, 0) < 1)))
          ORDER BY jobs.priority DESC, jobs.id ASC
          LIMIT 1
            FOR UPDATE OF jobs SKIP LOCKED

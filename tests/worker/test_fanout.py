@@ -347,14 +347,13 @@ async def test_a_worker_runs_one_lane_of_each_stage_of_an_import_at_a_time(
     query(db_dsn, "select public.fullpass_defer_lanes(%s, 'extract', 1, 1)", (import_id,))
     third = fetch(workers[2])
     assert third is not None and third["args"]["stage"] == "extract"
-    # ...but not into a worker's last free slot: an import's embedding never
-    # takes them all.
+    # ...but not into a worker's last free slot: an import never takes them all.
     assert fetch(workers[0], spare=0) is None
     embed = fetch(workers[0], spare=1)
     assert embed is not None and embed["args"]["stage"] == "embed"
     assert fetch(workers[0]) is None  # its second embed lane waits for another worker
-    # The map step's lane may take a worker's last slot beside an embed lane:
-    # the pass waits for the map step, never for embedding.
+    # Nor the other way round: a worker running an embed lane keeps its last
+    # free slot from the same import's map step too.
     embed_only = register_worker_row()
     query(db_dsn, "select public.fullpass_defer_lanes(%s, 'embed', 1, 1)", (import_id,))
     query(db_dsn, "select public.fullpass_defer_lanes(%s, 'extract', 1, 1)", (import_id,))
@@ -364,7 +363,8 @@ async def test_a_worker_runs_one_lane_of_each_stage_of_an_import_at_a_time(
         " select max(id) - 1 from procrastinate_jobs where task_name = %s)",
         (embed_only, LANE_TASK),
     )
-    mapping = fetch(embed_only, spare=0)
+    assert fetch(embed_only, spare=0) is None
+    mapping = fetch(embed_only, spare=1)
     assert mapping is not None and mapping["args"]["stage"] == "extract"
     # Another import's stage job is still fetched by a worker busy with a lane.
     other = submit(settings, uuid.UUID(int=7), options=SPREAD)
