@@ -98,7 +98,7 @@ def jobs_of(dsn: str, import_id: uuid.UUID) -> list[dict[str, Any]]:
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    settings: Settings, concurrency: int = 2
+    settings: Settings, concurrency: int = 2, poll_seconds: float = 2.0
 ) -> AsyncIterator[asyncio.Task[None]]:
     """A real worker (procrastinate, LISTEN/NOTIFY, sweeper) in this event loop."""
     task = asyncio.create_task(
@@ -107,6 +107,7 @@ async def running_worker(
             concurrency=concurrency,
             install_signal_handlers=False,
             shutdown_graceful_timeout=2.0,
+            poll_seconds=poll_seconds,
         )
     )
     try:

@@ -19,7 +19,9 @@ here, each override for a reason procrastinate's worker gets wrong for us:
 * ``_fetch_and_process_jobs``: a failed fetch escapes upstream's run loop.
 * ``_persist_job_status``: writing a job's end is retried through an outage,
   and skipped when the row says another worker runs the job now (this one
-  froze past the stalled timeout and its job was handed over).
+  froze past the stalled timeout and its job was handed over); once written,
+  the worker looks for jobs again (the fetch's rules may have held one back
+  for the job that just ended).
 * ``JobManager.fetch_job`` (:class:`FullpassJobManager`): jobs are fetched by
   ``public.fullpass_fetch_job``, procrastinate's fetch with one rule more: a
   worker runs at most one lane of each stage of an import at a time, so that
@@ -345,6 +347,10 @@ class ResilientWorker(pworker.Worker):
                     context=context,
                     job_result=job_result,
                 )
+                # A job that ends may make another one fetchable here (the next
+                # lane of the same stage of an import, held back while this one
+                # ran): look now, not at the next poll.
+                self.wake()
                 return
             except Exception as exc:
                 if not is_database_error(exc) or time.monotonic() > deadline:

@@ -112,8 +112,13 @@ async def run_worker(
     install_signal_handlers: bool = True,
     shutdown_graceful_timeout: float = 30.0,
     dsn: str | None = None,
+    poll_seconds: float = 2.0,
 ) -> None:
-    """Serve import jobs until SIGTERM/SIGINT (or cancellation)."""
+    """Serve import jobs until SIGTERM/SIGINT (or cancellation).
+
+    ``poll_seconds``: how often an idle worker looks for jobs besides the
+    queue's notifications (a job scheduled for later, a missed notification).
+    """
     register_secrets(settings.secrets())
     dsn = dsn or resolve_dsn(settings)
     concurrency = concurrency or settings.worker_concurrency
@@ -166,7 +171,7 @@ async def run_worker(
         # no regard for a server that just restarted (nobody could heartbeat):
         # leave that to the sweeper, and prune only the long dead at start.
         stalled_worker_timeout=max(10 * settings.stalled_seconds, 300.0),
-        fetch_job_polling_interval=2.0,
+        fetch_job_polling_interval=poll_seconds,
         abort_job_polling_interval=2.0,
         heartbeat_dsn=dsn,
         persist_retry_seconds=max(60.0, 2 * settings.stalled_seconds),

@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from jobs.domain.facts import Facts
 from tests.conftest import USER_A, make_settings, query
-from tests.helpers import drive, import_row, jobs_of, stage_rows, submit
+from tests.helpers import drive, import_row, jobs_of, running_worker, stage_rows, submit
 from worker import maintenance, runner, tasks
 from worker.embeddings import make_embedder
 from worker.llm.base import ExtractionInput, LLMResult, ModelUnavailable
@@ -397,6 +397,25 @@ async def test_a_worker_asks_for_a_second_stage_s_lane_only_with_a_slot_to_spare
         worker.concurrency = 3
         second = await app.job_manager.fetch_job(["imports"], worker_id)
         assert second is not None and second.task_kwargs["stage"] == "embed"
+
+
+async def test_a_lane_held_back_is_taken_as_soon_as_the_one_before_it_ends(
+    settings: Settings, db_dsn: str
+) -> None:
+    """A worker runs one lane of a stage of an import at a time: the next one
+    waits for the first to end, and is taken then, not at the worker's next poll."""
+    import_id = submit(settings, USER_A, options=SPREAD)
+    query(
+        db_dsn, "delete from procrastinate_jobs where args ->> 'import_id' = %s", (str(import_id),)
+    )
+    query(db_dsn, "select public.fullpass_defer_lanes(%s, 'extract', 1, 3)", (import_id,))
+    loop = asyncio.get_running_loop()
+    async with running_worker(settings, concurrency=3, poll_seconds=60.0) as worker:
+        deadline = loop.time() + 20
+        while {j["status"] for j in lane_jobs(db_dsn, import_id)} != {"succeeded"}:
+            assert not worker.done()
+            assert loop.time() < deadline, lane_jobs(db_dsn, import_id)
+            await asyncio.sleep(0.05)
 
 
 async def test_embedding_is_spread_too(
