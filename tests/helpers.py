@@ -13,6 +13,7 @@ from typing import Any
 from tests.conftest import REPO, query
 from tests.gen_export import Options, write_export
 from worker import runner
+from worker.errors import StaleJob
 from worker.service import run_worker
 from worker.settings import Settings
 from worker.stages import LANE_TASK, STAGES
@@ -192,3 +193,16 @@ async def drive(
             )
             return
         query(dsn, "update procrastinate_jobs set status = 'succeeded' where id = %s", (job["id"],))
+
+
+class Lease:
+    """A job's lease check, as ``llm_scope``'s guard: raises StaleJob once ``lost``."""
+
+    def __init__(self) -> None:
+        self.lost = False
+        self.checks = 0
+
+    async def __call__(self) -> None:
+        self.checks += 1
+        if self.lost:
+            raise StaleJob()

@@ -197,6 +197,15 @@ async def test_a_requeue_while_lanes_run_fences_them(
     assert max(llm.sent.values()) == 1
 
 
+async def fanned_out(deps: runner.Deps, settings: Settings, dsn: str) -> uuid.UUID:
+    """An import whose map step has fanned out (and whose embed stage was skipped)."""
+    import_id = submit(settings, USER_A, options=SPREAD)
+    await drive(deps, dsn, import_id, until="chunk")
+    await drive_one(deps, dsn, import_id)  # extract fans out
+    await drive_one(deps, dsn, import_id)  # embed (skipped: embeddings are off)
+    return import_id
+
+
 async def drive_one(deps: runner.Deps, dsn: str, import_id: uuid.UUID) -> None:
     """Run the import's first queued stage job (not a lane)."""
     (job,) = query(
@@ -248,10 +257,7 @@ async def test_a_lane_starting_after_the_last_one_out_leaves_the_stage_to_its_ru
     when another lane's job starts (it waited for a slot): that lane has nothing
     to do, and neither queues the stage again nor keeps it from finishing."""
     deps = deps_with(settings, pool, CountingProvider())
-    import_id = submit(settings, USER_A, options=SPREAD)
-    await drive(deps, db_dsn, import_id, until="chunk")
-    await drive_one(deps, db_dsn, import_id)  # extract fans out
-    await drive_one(deps, db_dsn, import_id)  # embed (skipped: embeddings are off)
+    import_id = await fanned_out(deps, settings, db_dsn)
     first, second = lane_jobs(db_dsn, import_id)[:2]
     query(db_dsn, "update procrastinate_jobs set status = 'doing' where id = %s", (first["id"],))
     await runner.run_lane(deps, "extract", import_id, 1, first["args"]["lane"], job_id=first["id"])
@@ -284,10 +290,7 @@ async def test_a_lane_still_running_when_the_stage_runs_again_does_not_queue_it_
     settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
 ) -> None:
     deps = deps_with(settings, pool, CountingProvider())
-    import_id = submit(settings, USER_A, options=SPREAD)
-    await drive(deps, db_dsn, import_id, until="chunk")
-    await drive_one(deps, db_dsn, import_id)  # extract fans out
-    await drive_one(deps, db_dsn, import_id)  # embed (skipped: embeddings are off)
+    import_id = await fanned_out(deps, settings, db_dsn)
     first, second = lane_jobs(db_dsn, import_id)[:2]
     late = await deps.store.claim_lane(import_id, 1, "extract", second["args"]["lane"])
     assert late is not None  # running, between two pages
@@ -310,10 +313,7 @@ async def test_a_worker_runs_one_lane_of_each_stage_of_an_import_at_a_time(
     settings: Settings, pool: AsyncConnectionPool[Any], db_dsn: str
 ) -> None:
     deps = deps_with(settings, pool, OfflineProvider())
-    import_id = submit(settings, USER_A, options=SPREAD)
-    await drive(deps, db_dsn, import_id, until="chunk")
-    await drive_one(deps, db_dsn, import_id)  # extract fans out
-    await drive_one(deps, db_dsn, import_id)  # embed (skipped: embeddings are off)
+    import_id = await fanned_out(deps, settings, db_dsn)
 
     def register_worker_row() -> int:
         return int(

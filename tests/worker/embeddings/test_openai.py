@@ -11,6 +11,7 @@ import pytest
 
 from tests.fakes.embedding_server import Fault, FaultKind, cosine, lexical_vector
 from tests.fakes.fake_openai_embeddings import DEFAULT_API_KEY, FakeOpenAIEmbeddingsServer
+from tests.helpers import Lease
 from tests.worker.embeddings.conftest import Build
 from worker.errors import NeedsOperator, StaleJob, Transient, Unusable
 from worker.llm.limiter import llm_scope
@@ -353,23 +354,15 @@ async def test_a_request_waiting_for_its_slot_is_not_sent_once_the_job_lost_its_
     """The job's lease is checked once a request holds its slot, right before it is sent."""
     fake_openai_embeddings.latency = 0.3
     embedder = openai_embedder({"FULLPASS_EMBEDDINGS_CONCURRENCY": "1"})
-    lost = False
-    checks = 0
-
-    async def lease() -> None:
-        nonlocal checks
-        checks += 1
-        if lost:
-            raise StaleJob()
-
+    lease = Lease()
     with llm_scope("import-1", 1, guard=lease):
         first = asyncio.create_task(embedder.embed_documents(TEXTS[:1]))
         second = asyncio.create_task(embedder.embed_documents(TEXTS[1:2]))
         while fake_openai_embeddings.max_in_flight < 1:
             await asyncio.sleep(0.01)
-        lost = True  # the second still waits for the one slot
+        lease.lost = True  # the second still waits for the one slot
         assert len((await first).vectors) == 1
         with pytest.raises(StaleJob):
             await second
-    assert checks == 2
+    assert lease.checks == 2
     assert len(fake_openai_embeddings.requests) == 1

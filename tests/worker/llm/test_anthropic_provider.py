@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from jobs.domain.facts import MEMORY_SECTIONS, Facts, Project
 from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault, extract_facts
 from tests.fakes.plugin import anthropic_provider
+from tests.helpers import Lease
 from worker.errors import StaleJob
 from worker.llm import limiter as limiter_module
 from worker.llm.anthropic_provider import AnthropicProvider, retry_after_seconds
@@ -529,24 +530,16 @@ async def test_a_request_waiting_for_a_slot_is_not_sent_once_its_job_lost_the_st
     sent: a job handed to another worker while its request waited pays for nothing."""
     provider = make_provider(fake_anthropic)
     fake_anthropic.latency = 0.3
-    lost = False
-    checks = 0
-
-    async def lease() -> None:
-        nonlocal checks
-        checks += 1
-        if lost:
-            raise StaleJob()
-
+    lease = Lease()
     with limiter_module.llm_scope("import-1", 1, guard=lease):
         first = asyncio.create_task(provider.extract_facts(item("a", "User: I like tea.")))
         second = asyncio.create_task(provider.extract_facts(item("b", "User: I like rye.")))
         while fake_anthropic.max_in_flight < 1:
             await asyncio.sleep(0.01)
-        lost = True  # the second still waits for the one slot
+        lease.lost = True  # the second still waits for the one slot
         assert isinstance(await first, LLMResult)
         with pytest.raises(StaleJob):
             await second
-    assert checks == 2
+    assert lease.checks == 2
     assert len(fake_anthropic.extraction_counts()) == 1
     await provider.aclose()
