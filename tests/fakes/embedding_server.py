@@ -122,6 +122,8 @@ class EmbedRecord:
     #: 200 with usable vectors (no content fault).
     ok: bool = False
     tokens: int = 0
+    #: No longer counted in flight (its answer went out, or it hangs).
+    left: bool = False
 
     @property
     def count(self) -> int:
@@ -405,9 +407,15 @@ class FakeEmbeddingServer:
             h.close_connection = True
         finally:
             record.finished = time.monotonic()
-            if record.fault != "hang":
-                with self._lock:
-                    self._in_flight -= 1
+            self._leave(record)
+
+    def _leave(self, record: EmbedRecord) -> None:
+        """Stop counting ``record`` in flight (once), before its answer is written:
+        the client may send its next request as soon as it has read this one's."""
+        with self._lock:
+            if not record.left:
+                record.left = True
+                self._in_flight -= 1
 
     def _send(
         self,
@@ -422,6 +430,7 @@ class FakeEmbeddingServer:
     ) -> NoReturn:
         body = raw if raw is not None else json.dumps(payload, ensure_ascii=False).encode()
         record.status = status
+        self._leave(record)
         try:
             h.send_response(status)
             h.send_header("Content-Type", content_type)
@@ -470,8 +479,7 @@ class FakeEmbeddingServer:
         if fault.kind == "hang":
             # The client gives up long before this ends: stop counting the
             # request as in flight now, or it would inflate later peaks.
-            with self._lock:
-                self._in_flight -= 1
+            self._leave(record)
             self._stop.wait(fault.hang_seconds)
             h.close_connection = True
             raise Abort

@@ -157,6 +157,8 @@ class RecordedRequest:
     #: The organisation limit that refused the request (``requests``,
     #: ``input_tokens`` or ``output_tokens``), for a 429 of the rate limits.
     limited: str | None = None
+    #: No longer counted in flight (its answer went out, or it hangs).
+    left: bool = False
 
 
 @dataclass(slots=True)
@@ -520,9 +522,20 @@ class FakeAnthropicServer:
             h.close_connection = True
         finally:
             record.finished = time.monotonic()
-            if record.fault != "hang":
-                with self._lock:
-                    self._in_flight -= 1
+            self._leave(record)
+
+    def _leave(self, record: RecordedRequest) -> None:
+        """Stop counting ``record`` in flight (once).
+
+        Done before its answer is written: the client may send its next
+        request as soon as it has read this one's answer, before this thread
+        gets to run again, and counting both would show one call too many in
+        flight.
+        """
+        with self._lock:
+            if not record.left:
+                record.left = True
+                self._in_flight -= 1
 
     def _send(
         self,
@@ -539,6 +552,7 @@ class FakeAnthropicServer:
         record.status = status
         if record.path.rstrip("/") == "/v1/messages":
             headers = {**self._rate_headers(record), **(headers or {})}
+        self._leave(record)
         try:
             h.send_response(status)
             h.send_header("Content-Type", content_type)
@@ -641,8 +655,7 @@ class FakeAnthropicServer:
         if fault.kind == "hang":
             # The client gives up long before this ends: stop counting the
             # request as in flight now, or it would inflate later tests' peaks.
-            with self._lock:
-                self._in_flight -= 1
+            self._leave(record)
             self._stop.wait(fault.hang_seconds)
             h.close_connection = True
             raise _Abort
