@@ -550,7 +550,7 @@ WITH current AS (
     SELECT i.id, i.user_id FROM public.imports i
      WHERE i.id = %(import_id)s
        AND public.fullpass_holds(%(import_id)s, %(generation)s, %(stage)s, %(lease)s)
-), todo AS (
+), todo AS MATERIALIZED (
     SELECT c.id, c.content_hash
       FROM public.import_chunks c
       JOIN current ON c.import_id = current.id
@@ -560,15 +560,22 @@ WITH current AS (
                         WHERE f.import_id = c.import_id AND f.chunk_id = c.id
                           AND f.content_hash = c.content_hash)
 ), found AS (
-    SELECT DISTINCT ON (t.id) t.id AS chunk_id, t.content_hash, f.facts, f.fact_count, f.model,
+    -- One index lookup by (user, content) per chunk: a join the planner sizes
+    -- from statistics taken before the import filled these tables can pair
+    -- every chunk with every fact of the user.
+    SELECT t.id AS chunk_id, t.content_hash, f.facts, f.fact_count, f.model,
            f.import_id AS from_import, f.chunk_id AS from_chunk
       FROM todo t
-      JOIN current ON true
-      JOIN public.chunk_facts f
-        ON f.user_id = current.user_id AND f.content_hash = t.content_hash
-     WHERE f.import_id <> current.id AND f.error IS NULL
-       AND f.requested_model = %(model)s AND f.prompt_version = %(prompt_version)s
-     ORDER BY t.id, f.created_at DESC
+     CROSS JOIN current
+     CROSS JOIN LATERAL (
+        SELECT f.facts, f.fact_count, f.model, f.import_id, f.chunk_id
+          FROM public.chunk_facts f
+         WHERE f.user_id = current.user_id AND f.content_hash = t.content_hash
+           AND f.import_id <> current.id AND f.error IS NULL
+           AND f.requested_model = %(model)s AND f.prompt_version = %(prompt_version)s
+         ORDER BY f.created_at DESC
+         LIMIT 1
+     ) f
 ), written AS (
     INSERT INTO public.chunk_facts (import_id, chunk_id, user_id, content_hash, facts, fact_count,
                                     model, requested_model, prompt_version,

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from tests.conftest import USER_A, USER_B, make_settings, query
 from tests.fakes.fake_anthropic import FakeAnthropicServer
 from tests.fakes.plugin import anthropic_provider
-from tests.helpers import drive, gen_export, progress_row, stage_rows, submit
-from worker import runner
+from tests.helpers import drive, gen_export, insert_import, progress_row, stage_rows, submit
+from worker import queries, runner
 from worker.errors import StaleJob
 from worker.llm.prompts import EXTRACTION_PROMPT_VERSION
 from worker.settings import Settings
@@ -196,3 +197,90 @@ async def test_reuse_is_fenced_like_every_checkpoint(
         == 0
     )
     assert stage_rows(db_dsn, second)["extract"]["items_reused"] == 0
+
+
+def _rows_touched(plan: dict[str, Any]) -> int:
+    """Rows a plan node and its children produced or threw away, over all their loops."""
+    loops = int(plan.get("Actual Loops", 1))
+    own = (
+        int(plan.get("Actual Rows", 0))
+        + int(plan.get("Rows Removed by Filter", 0))
+        + int(plan.get("Rows Removed by Join Filter", 0))
+    ) * loops
+    return own + sum(_rows_touched(child) for child in plan.get("Plans", []))
+
+
+async def test_the_reuse_lookup_stays_linear_in_a_large_history_the_planner_never_measured(
+    db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any], fake_anthropic: FakeAnthropicServer
+) -> None:
+    """A large import's reuse pass looks each chunk up by content, whatever the statistics say.
+
+    Both tables have just been filled and never analysed (as after a large import's
+    chunk stage and map step, before autovacuum comes round): a plan that joins every
+    chunk with every fact of the user is quadratic, minutes at tens of thousands.
+    """
+    n = 2000
+    deps = _deps(_settings(db_dsn, tmp_path, fake_anthropic), pool)
+    earlier = insert_import(db_dsn, USER_A, "user-imports/earlier.zip")
+    query(db_dsn, "select public.cancel_import(%s)", (earlier,))
+    current = submit(deps.settings, USER_A)
+    await drive(deps, db_dsn, current, until="chunk")
+    lease = uuid.uuid4()
+    setup = {
+        "lease": lease,
+        "current": current,
+        "earlier": earlier,
+        "user": USER_A,
+        "n": n,
+        "model": deps.llm.model,
+        "version": EXTRACTION_PROMPT_VERSION,
+    }
+    for statement in (
+        "alter table public.import_chunks set (autovacuum_enabled = off)",
+        "alter table public.chunk_facts set (autovacuum_enabled = off)",
+        "delete from public.import_chunks",
+        "update public.import_stages set status = 'running', lease = %(lease)s"
+        " where import_id = %(current)s and stage = 'extract'",
+        "insert into public.import_chunks (id, import_id, user_id, conversation_id, content,"
+        "                                  chunk_index, chunk_tier, content_hash)"
+        " select gen_random_uuid(), %(current)s, %(user)s, 'c' || g, 'text ' || g, 0,"
+        "        'medium', md5(g::text)"
+        "   from generate_series(1, %(n)s) g",
+        # The earlier import extracted the same history; this one has done a part of it.
+        "insert into public.chunk_facts (import_id, chunk_id, user_id, content_hash, model,"
+        "                                requested_model, prompt_version)"
+        " select %(earlier)s, gen_random_uuid(), %(user)s, content_hash, %(model)s, %(model)s,"
+        "        %(version)s"
+        "   from public.import_chunks",
+        "insert into public.chunk_facts (import_id, chunk_id, user_id, content_hash, model,"
+        "                                requested_model, prompt_version)"
+        " select import_id, id, user_id, content_hash, %(model)s, %(model)s, %(version)s"
+        "   from public.import_chunks where conversation_id < 'c5'",
+    ):
+        query(db_dsn, statement, setup)
+    fence = Fence(current, 1, "extract", lease)
+    params = {
+        **fence.params(),
+        "model": deps.llm.model,
+        "prompt_version": EXTRACTION_PROMPT_VERSION,
+        "tier": "medium",
+        "ids": None,
+    }
+    async with pool.connection() as conn, conn.transaction(force_rollback=True):
+        cur = await conn.execute(
+            sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + sql.SQL(queries.REUSE_CHUNK_FACTS),
+            params,
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        (explained,) = row.values() if isinstance(row, dict) else row
+    touched = _rows_touched(explained[0]["Plan"])
+    assert touched < 20 * n, f"{touched} rows touched for {n} chunks"
+
+    todo = n - len(query(db_dsn, "select 1 from chunk_facts where import_id = %s", (current,)))
+    reused = (
+        await Store(pool)
+        .for_stage(fence)
+        .reuse_facts(deps.llm.model, EXTRACTION_PROMPT_VERSION, tier="medium", ids=None)
+    )
+    assert reused == todo > 0
