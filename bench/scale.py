@@ -32,7 +32,8 @@ embeddings are ``none`` unless ``--embeddings`` says otherwise (the local model
 is CPU-bound: on a small machine it measures the machine's cores, not the
 fleet). Uses ``DATABASE_URL`` when set (a new database per run, dropped after),
 else an embedded server of its own. Prints a table and writes
-``bench/results/scale.json``.
+``bench/results/scale.json`` (or ``--results``), each scenario over its own
+earlier figures.
 """
 
 from __future__ import annotations
@@ -490,6 +491,7 @@ def main() -> None:
     p.add_argument("--worker-concurrency", type=int, default=4)
     p.add_argument("--concurrency", type=int, default=10, help="FULLPASS_CONCURRENCY")
     p.add_argument("--global-concurrency", type=int, default=20)
+    p.add_argument("--results", default=str(RESULTS), help="the JSON file figures go to")
     p.add_argument("--fanout", type=int, default=PipelineOptions().fanout, help="FULLPASS_FANOUT")
     p.add_argument(
         "--page-chunks",
@@ -545,9 +547,10 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     print_table(result)
     # A scenario run alone replaces its own figures only.
-    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({**saved, **result}, indent=2, default=str) + "\n")
+    results = Path(args.results)
+    saved = json.loads(results.read_text()) if results.exists() else {}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({**saved, **result}, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":
