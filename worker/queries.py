@@ -357,6 +357,7 @@ WITH st AS (
        AND j.args ->> 'import_id' = %(import_id)s::text AND j.args ->> 'stage' = %(stage)s
        AND EXISTS (SELECT 1 FROM st)
 )
+-- A CTE nobody reads is never run: counting `unneeded` is what cancels the lanes.
 SELECT public.fullpass_defer(%(import_id)s, %(stage)s, %(generation)s) AS job_id,
        (SELECT count(*) FROM unneeded) AS cancelled_lanes
   FROM st
