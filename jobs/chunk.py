@@ -1,27 +1,33 @@
 """Stage ``chunk``: parse the export and replace the import's chunks.
 
-Parsing and chunking run in a worker thread (the event loop keeps serving
-heartbeats) and stream straight into ``COPY``, inside the transaction that
-also deletes the import's previous chunks and completes the stage: a crash
+Parsing and chunking run in a process of their own
+(:mod:`jobs.ingest.isolated`: the worker's interpreter stays free for its
+other jobs, and the parse runs on another core while the rows before it are
+written) and stream straight into ``COPY``, inside the transaction that also
+deletes the import's previous chunks and completes the stage: a crash
 mid-write leaves the old set or the new one, never a mix. Memory stays flat:
-one conversation at a time is in flight.
+one conversation at a time is parsed, a few batches of rows are in flight.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
+from uuid import UUID
 
 from jobs.context import ReplaceChunks, StageContext, StageExistingChunks, StageResult
 from jobs.domain import rules
 from jobs.download import local_export
 from jobs.ingest.chunker import TIER_TOKENS, ChunkConfig, chunk_conversation, extraction_tier
+from jobs.ingest.isolated import ChildStream
 from jobs.ingest.model import Chunk
 from jobs.ingest.reader import Limits, ReadStats, read_export
 from jobs.outputs import ChunkOutput
 from worker.errors import BadInput
-from worker.store import SavedFacts
+from worker.store import SavedFacts, StagedChunk
 
 PROGRESS_EVERY = 2000  # conversations
 
@@ -50,22 +56,16 @@ async def chunk(ctx: StageContext) -> StageResult:
     if ctx.imp.source == "chunks":
         return _stage_existing(ctx)
     path = await local_export(ctx)
-    limits = Limits.from_settings(ctx.settings)
-    config = chunk_config(ctx)
-    stats = ReadStats()
-    now = datetime.now(UTC)
-
-    tier = extraction_tier(config.tiers)
-
-    def rows() -> Iterator[tuple[Chunk, list[SavedFacts]]]:
-        try:
-            for conv in read_export(path, limits, stats):
-                for c in chunk_conversation(conv, namespace=ctx.imp.id, now=now, config=config):
-                    yield c, saved_facts_of(c) if c.chunk_tier == tier else []
-        except BadInput as exc:
-            # Name the upload the operator knows, not this machine's scratch copy.
-            raise BadInput(str(exc).replace(path.name, ctx.imp.storage_path or path.name)) from None
-
+    read = ReadSpec(
+        path=path,
+        name=ctx.imp.storage_path or path.name,
+        limits=Limits.from_settings(ctx.settings),
+        config=chunk_config(ctx),
+        namespace=ctx.imp.id,
+        now=datetime.now(UTC),
+    )
+    rows: ChildStream[StagedChunk, ReadStats] = ChildStream(staged_chunks, (read,), ReadStats())
+    stats = rows.state
     reported = 0
 
     async def progress() -> None:
@@ -74,17 +74,44 @@ async def chunk(ctx: StageContext) -> StageResult:
             reported = stats.conversations
             await ctx.store.report_progress(stats.conversations, None)
 
-    write = ReplaceChunks(ctx.imp.user_id, rows(), progress)
+    write = ReplaceChunks(ctx.imp.user_id, rows, progress, close=rows.close)
 
     def output() -> ChunkOutput:
         return ChunkOutput(
             conversations=stats.conversations,
             chunks=write.written,
-            tiers=list(config.tiers),
+            tiers=list(read.config.tiers),
             stats=stats.as_dict(),
         )
 
     return StageResult(output, writes=[write])
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSpec:
+    """What the export reader needs (sent to its process)."""
+
+    path: Path
+    #: The upload's name as the operator knows it, for error messages.
+    name: str
+    limits: Limits
+    config: ChunkConfig
+    namespace: UUID
+    now: datetime
+
+
+def staged_chunks(read: ReadSpec, stats: ReadStats) -> Iterator[StagedChunk]:
+    """The export's chunks as COPY rows, with their saved facts (runs in the reader's process)."""
+    tier = extraction_tier(read.config.tiers)
+    try:
+        for conv in read_export(read.path, read.limits, stats):
+            for c in chunk_conversation(
+                conv, namespace=read.namespace, now=read.now, config=read.config
+            ):
+                yield StagedChunk.of(c, saved_facts_of(c) if c.chunk_tier == tier else [])
+    except BadInput as exc:
+        # Name the upload the operator knows, not this machine's scratch copy.
+        raise BadInput(str(exc).replace(read.path.name, read.name)) from None
 
 
 def _stage_existing(ctx: StageContext) -> StageResult:

@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
@@ -182,17 +182,52 @@ class SavedFacts:
     facts: Facts
 
 
+class StagedChunk(NamedTuple):
+    """A chunk as COPY writes it to ``import_chunks``, with the saved facts filed
+    with it: plain values, made where the export is read (a child process)."""
+
+    id: str
+    #: The columns after id, user_id and import_id (see ``COPY_CHUNKS``).
+    values: tuple[Any, ...]
+    #: (ordinal, kind, said_at, facts as JSON, fact count) per saved memory.
+    saved: tuple[tuple[Any, ...], ...]
+
+    @classmethod
+    def of(cls, c: Chunk, saved: Sequence[SavedFacts]) -> StagedChunk:
+        # PostgreSQL text cannot hold NUL characters.
+        values = (
+            c.conversation_id.replace("\x00", ""),
+            c.title.replace("\x00", ""),
+            c.content.replace("\x00", ""),
+            c.token_count,
+            c.chunk_index,
+            c.total_chunks,
+            c.chunk_tier,
+            c.message_count,
+            c.is_recent,
+            c.created_at,
+            c.content_hash,
+        )
+        facts = tuple(
+            (s.ordinal, s.kind, s.said_at, s.facts.model_dump_json(), s.facts.count())
+            for s in saved
+        )
+        return cls(c.id, values, facts)
+
+
 @dataclass(slots=True)
 class ReplaceChunks:
     """Replace the import's chunks, and their saved facts, with ``rows`` (streamed into COPY).
 
-    ``rows`` is consumed in a worker thread (it may parse a large export);
-    ``progress`` is awaited after each batch.
+    ``rows`` is consumed in a worker thread (it may wait on a parser);
+    ``progress`` is awaited after each batch; ``close`` is called once the
+    write ends, however it ends (it stops the parser).
     """
 
     user_id: UUID
-    rows: Iterator[tuple[Chunk, Sequence[SavedFacts]]]
+    rows: Iterator[StagedChunk]
     progress: Callable[[], Awaitable[None]] | None = None
+    close: Callable[[], None] | None = None
     written: int = 0
 
 
@@ -647,26 +682,21 @@ class Store:
         await conn.execute(queries.DELETE_SAVED_FACTS, {"import_id": import_id})
         await conn.execute(queries.DELETE_CHUNKS, {"import_id": import_id})
         saved: list[tuple[Any, ...]] = []
-        async with conn.cursor().copy(queries.COPY_CHUNKS) as copy:
-            while batch := await asyncio.to_thread(_take, write.rows, COPY_BATCH):
-                for chunk, chunk_saved in batch:
-                    await copy.write_row(_chunk_row(chunk, import_id, user_id))
-                    saved += [
-                        (
-                            import_id,
-                            chunk.id,
-                            s.ordinal,
-                            user_id,
-                            s.kind,
-                            s.said_at,
-                            s.facts.model_dump_json(),
-                            s.facts.count(),
-                        )
-                        for s in chunk_saved
-                    ]
-                write.written += len(batch)
-                if write.progress is not None:
-                    await write.progress()
+        try:
+            async with conn.cursor().copy(queries.COPY_CHUNKS) as copy:
+                while batch := await asyncio.to_thread(_take, write.rows, COPY_BATCH):
+                    for chunk in batch:
+                        await copy.write_row((chunk.id, user_id, import_id, *chunk.values))
+                        saved += [
+                            (import_id, chunk.id, ordinal, user_id, kind, said_at, facts, count)
+                            for ordinal, kind, said_at, facts, count in chunk.saved
+                        ]
+                    write.written += len(batch)
+                    if write.progress is not None:
+                        await write.progress()
+        finally:
+            if write.close is not None:
+                write.close()
         if saved:
             async with conn.cursor().copy(queries.COPY_SAVED_FACTS) as copy:
                 for row in saved:
@@ -713,30 +743,8 @@ def _import_row(row: dict[str, Any]) -> ImportRow:
     )
 
 
-def _take(
-    rows: Iterator[tuple[Chunk, Sequence[SavedFacts]]], n: int
-) -> list[tuple[Chunk, Sequence[SavedFacts]]]:
+def _take(rows: Iterator[StagedChunk], n: int) -> list[StagedChunk]:
     return list(itertools.islice(rows, n))
-
-
-def _chunk_row(c: Chunk, import_id: UUID, user_id: UUID) -> tuple[Any, ...]:
-    # PostgreSQL text cannot hold NUL characters.
-    return (
-        c.id,
-        user_id,
-        import_id,
-        c.conversation_id.replace("\x00", ""),
-        c.title.replace("\x00", ""),
-        c.content.replace("\x00", ""),
-        c.token_count,
-        c.chunk_index,
-        c.total_chunks,
-        c.chunk_tier,
-        c.message_count,
-        c.is_recent,
-        c.created_at,
-        c.content_hash,
-    )
 
 
 def _merged(facts: list[dict[str, Any]]) -> Facts:

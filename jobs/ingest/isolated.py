@@ -1,0 +1,220 @@
+"""Reading an export in a process of its own.
+
+Parsing a large export takes seconds to minutes of CPU. In a thread it holds the
+worker's interpreter lock the whole time, so everything else the worker does
+meanwhile (the COPY that takes the rows, other imports' model calls,
+heartbeats) waits for it; and an export that outgrows the guards grows the
+worker's own memory. :class:`ChildStream` runs the generator in a child
+process instead. The child sends what it yields in pickled batches over
+a pipe, each with a snapshot of a state object (the reader's statistics), and
+the parent iterates the items as if the generator ran here, while the child
+parses ahead on the other core.
+
+Children fork from a server process that has the reader's modules imported
+already, so starting one costs milliseconds and nothing of the worker (its
+event loop, connections, threads) is copied into it.
+
+What the generator raises in the child is raised by the parent's iteration (a
+:class:`BadInput` stays one). A child that dies without a word (killed, out of
+memory) raises :class:`Transient`: the stage is retried, then fails with that
+message. :meth:`ChildStream.close` kills the child; a child whose parent is
+gone dies at its next send, when the pipe breaks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing
+import pickle
+import queue
+import signal
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext
+from typing import Any, Final, Generic, TypeVar
+
+from worker.errors import FullpassError, Transient
+
+T = TypeVar("T")
+S = TypeVar("S")
+
+#: Items in one message on the pipe.
+BATCH: Final = 128
+#: Messages read ahead of the consumer: bounds what the parent holds.
+READ_AHEAD: Final = 8
+
+_lock = threading.Lock()
+_context: ForkServerContext | None = None
+
+
+def _fork_server(preload: str) -> ForkServerContext:
+    """The fork server's context (started on first use, with ``preload`` imported)."""
+    global _context
+    with _lock:
+        if _context is None:
+            context = multiprocessing.get_context("forkserver")
+            # With the main module imported once in the server, its children skip it.
+            context.set_forkserver_preload(["__main__", preload])
+            _context = context
+        return _context
+
+
+class ChildStream(Generic[T, S]):
+    """The items of ``produce(*args, state)``, made in a child process.
+
+    ``state`` is a dataclass the generator updates as it goes; the parent's
+    copy is brought up to date with every batch, so it is complete once the
+    stream is exhausted. Iterate from one thread at a time; :meth:`close`
+    may be called from any thread.
+    """
+
+    def __init__(
+        self, produce: Callable[..., Iterator[T]], args: tuple[Any, ...], state: S
+    ) -> None:
+        self.state = state
+        context = _fork_server(produce.__module__)
+        receiver, sender = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_child,
+            args=(sender, produce, args, state),
+            name="fullpass-export-reader",
+            daemon=True,
+        )
+        self._process.start()
+        sender.close()
+        self._conn = receiver
+        self._messages: queue.Queue[tuple[str, Any, Any]] = queue.Queue(READ_AHEAD)
+        self._closed = threading.Event()
+        self._batch: list[T] = []
+        self._next = 0
+        self._done = False
+        self._reader = threading.Thread(target=self._read, name="fullpass-export-pipe", daemon=True)
+        self._reader.start()
+
+    def __iter__(self) -> ChildStream[T, S]:
+        return self
+
+    def __next__(self) -> T:
+        if self._closed.is_set():
+            raise StopIteration
+        while self._next >= len(self._batch):
+            if self._done or self._closed.is_set():
+                raise StopIteration
+            kind, payload, state = self._messages.get()
+            if state is not None:
+                _update(self.state, state)
+            if kind == "items":
+                self._batch, self._next = payload, 0
+                continue
+            self._done = True
+            self._batch = []
+            if kind == "raise":
+                self._process.join()
+                raise payload
+            if kind == "died":
+                raise Transient(f"the export reader stopped unexpectedly ({self._exit()})")
+            # "done", or "closed" (the stream was closed under the consumer)
+        item = self._batch[self._next]
+        self._next += 1
+        return item
+
+    def close(self) -> None:
+        """Stop the child (if it still runs) and release the pipe."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()
+        self._reader.join()
+        self._conn.close()
+        self._process.close()
+        # Wake a consumer waiting for the next message.
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._messages.get_nowait()
+        self._messages.put_nowait(("closed", None, None))
+
+    def __enter__(self) -> ChildStream[T, S]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read(self) -> None:
+        """Move the child's messages to the queue (a thread, so the child parses ahead)."""
+        while True:
+            message: tuple[str, Any, Any]
+            try:
+                # Our own child's bytes, over a pipe only it and we hold.
+                message = pickle.loads(self._conn.recv_bytes())  # noqa: S301
+            except (EOFError, OSError):
+                message = ("died", None, None)
+            except Exception as exc:
+                unreadable = RuntimeError(f"the export reader sent an unreadable message: {exc}")
+                message = ("raise", unreadable, None)
+            while not self._closed.is_set():
+                try:
+                    self._messages.put(message, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if message[0] != "items" or self._closed.is_set():
+                return
+
+    def _exit(self) -> str:
+        self._process.join(timeout=5)
+        code = self._process.exitcode
+        if code is None:
+            return "it closed its pipe"
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = ", out of memory?" if -code == signal.SIGKILL else ""
+            return f"killed by {name}{hint}"
+        return f"exit status {code}"
+
+
+def _update(target: Any, source: Any) -> None:
+    for f in dataclasses.fields(target):
+        setattr(target, f.name, getattr(source, f.name))
+
+
+def _child(
+    conn: Connection, produce: Callable[..., Iterator[Any]], args: tuple[Any, ...], state: Any
+) -> None:
+    """The child's side: run the generator, send its items in batches, then how it ended."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when the child stops
+
+    def send(kind: str, payload: Any) -> None:
+        conn.send_bytes(pickle.dumps((kind, payload, state), protocol=pickle.HIGHEST_PROTOCOL))
+
+    batch: list[Any] = []
+    try:
+        for item in produce(*args, state):
+            batch.append(item)
+            if len(batch) >= BATCH:
+                send("items", batch)
+                batch = []
+        send("items", batch)
+        send("done", None)
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the parent is gone or stopped listening
+    except BaseException as exc:
+        if batch:  # what came before the failure, as in the parent's own thread
+            with contextlib.suppress(OSError):
+                send("items", batch)
+        if not isinstance(exc, FullpassError):
+            exc.add_note("in the export reader:\n" + traceback.format_exc().rstrip())
+        try:
+            payload = pickle.dumps(("raise", exc, state), protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.loads(payload)  # noqa: S301 - what the parent will do with it
+        except Exception:
+            stand_in = RuntimeError(f"{type(exc).__name__}: {exc}")
+            payload = pickle.dumps(("raise", stand_in, state))
+        with contextlib.suppress(OSError):
+            conn.send_bytes(payload)
+    finally:
+        conn.close()

@@ -1,0 +1,112 @@
+"""The export reader's process: items, state and errors cross over; it stops when told."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from jobs.ingest.isolated import BATCH, ChildStream
+from worker.errors import BadInput, Transient
+
+
+@dataclass
+class Counted:
+    seen: int = 0
+    pid: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def numbers(n: int, fail: str | None, state: Counted) -> Iterator[int]:
+    state.pid = os.getpid()
+    for i in range(n):
+        state.seen = i + 1
+        yield i
+    state.notes.append("finished")
+    if fail == "bad":
+        raise BadInput("conversations.json: invalid JSON before byte 1,234")
+    if fail == "bug":
+        empty: dict[str, int] = {}
+        empty["missing"] += 1  # a bug in the reader
+
+
+def endless(state: Counted) -> Iterator[int]:
+    state.pid = os.getpid()
+    i = 0
+    while True:
+        i += 1
+        yield i
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_items_and_state_come_from_another_process() -> None:
+    n = BATCH * 3 + 5
+    with ChildStream(numbers, (n, None), Counted()) as stream:
+        assert list(stream) == list(range(n))
+        assert stream.state.seen == n
+        assert stream.state.notes == ["finished"]
+        assert stream.state.pid not in (0, os.getpid())
+
+
+def test_what_the_reader_raises_is_raised_here_after_its_items() -> None:
+    with ChildStream(numbers, (10, "bad"), Counted()) as stream:
+        got = []
+        with pytest.raises(BadInput, match="invalid JSON before byte 1,234"):
+            for item in stream:
+                got.append(item)
+        assert got == list(range(10))
+        assert stream.state.notes == ["finished"]
+
+
+def test_a_bug_in_the_reader_keeps_its_type_and_says_where() -> None:
+    with ChildStream(numbers, (3, "bug"), Counted()) as stream, pytest.raises(KeyError) as err:
+        list(stream)
+    notes = "\n".join(getattr(err.value, "__notes__", []))
+    assert "in the export reader" in notes
+    assert "test_isolated.py" in notes
+
+
+def test_a_reader_that_dies_is_a_transient_failure_not_a_hang() -> None:
+    with ChildStream(endless, (), Counted()) as stream:
+        next(stream)
+        os.kill(stream.state.pid, signal.SIGKILL)
+        with pytest.raises(Transient, match=r"export reader stopped unexpectedly.*SIGKILL"):
+            for _ in stream:
+                pass
+
+
+def test_closing_stops_the_reader_and_wakes_a_waiting_consumer() -> None:
+    stream = ChildStream(endless, (), Counted())
+    next(stream)
+    pid = stream.state.pid
+    assert _alive(pid)
+    stream.close()
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(pid)
+    # A consumer (the COPY's thread) left iterating ends instead of waiting forever.
+    finished = threading.Event()
+
+    def consume() -> None:
+        for _ in stream:
+            pass
+        finished.set()
+
+    threading.Thread(target=consume, daemon=True).start()
+    assert finished.wait(5)
+    stream.close()  # twice is harmless
