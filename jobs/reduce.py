@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jobs.context import StageContext, StageResult
@@ -60,6 +60,9 @@ class FactSet:
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str], Fact] = {}
+        #: Each fact's sources as an ordered set (merging appends in place:
+        #: a fact stated in every chunk gathers thousands).
+        self._sources: dict[tuple[str, str], dict[str, None]] = {}
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -69,10 +72,15 @@ class FactSet:
         old = self._by_key.get(key)
         if old is None:
             self._by_key[key] = fact
+            self._sources[key] = dict.fromkeys(fact.sources)
             return
         same = normalise(old.text()) == normalise(fact.text())
         newer, older = (fact, old) if (fact.date or "") >= (old.date or "") else (old, fact)
-        merged_sources = list(dict.fromkeys([*older.sources, *newer.sources]))
+        # Sources read oldest first, each once.
+        if newer is fact:
+            self._sources[key].update(dict.fromkeys(fact.sources))
+        else:
+            self._sources[key] = {**dict.fromkeys(fact.sources), **self._sources[key]}
         previously = list(dict.fromkeys([*older.previously, *newer.previously]))
         if not same and older.text() not in previously:
             previously.append(older.text())
@@ -80,13 +88,14 @@ class FactSet:
             newer.category,
             newer.item,
             newer.date,
-            merged_sources,
+            [],
             [p for p in previously if normalise(p) != normalise(newer.text())],
         )
 
     def facts(self) -> list[Fact]:
         order = {c.key: i for i, c in enumerate(CATEGORIES)}
-        return sorted(self._by_key.values(), key=lambda f: (order[f.category.key], f.date or ""))
+        merged = [replace(f, sources=list(self._sources[k])) for k, f in self._by_key.items()]
+        return sorted(merged, key=lambda f: (order[f.category.key], f.date or ""))
 
     def to_json(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {c.key: [] for c in CATEGORIES}

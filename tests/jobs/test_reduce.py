@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,20 @@ def test_contradictions_resolve_to_the_most_recent_and_remember_the_old() -> Non
     assert by_cat["preferences"].previously == ["I prefer tabs over spaces."]
     facts = s.to_facts()
     assert "previously" in facts.preferences[0]
+
+
+def test_a_fact_every_chunk_states_keeps_every_source_oldest_first() -> None:
+    n = 4_000
+    s = FactSet()
+    people = BY_KEY["preferences"]
+    for i in range(n):
+        day = (date(2024, 1, 1) + timedelta(days=i // 150)).isoformat()
+        s.add(Fact(people, "I prefer dark mode.", day, [f"c{i}"]))
+    s.add(Fact(people, "I prefer dark mode.", "2023-01-01", ["first"]))
+    s.add(Fact(people, "I prefer dark mode.", "2025-01-01", ["c7", "last"]))
+    (fact,) = s.facts()
+    assert fact.sources == ["first", *(f"c{i}" for i in range(n)), "last"]
+    assert fact.date == "2025-01-01"
 
 
 def test_stage_output_round_trips() -> None:
