@@ -186,7 +186,10 @@ def _child(
     conn: Connection, produce: Callable[..., Iterator[Any]], args: tuple[Any, ...], state: Any
 ) -> None:
     """The child's side: run the generator, send its items in batches, then how it ended."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when the child stops
+    # The worker decides when the child stops: a shutdown signal sent to the whole
+    # process group lets the worker finish the stage, with the child's rows.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def send(kind: str, payload: Any) -> None:
         conn.send_bytes(pickle.dumps((kind, payload, state), protocol=pickle.HIGHEST_PROTOCOL))

@@ -43,6 +43,13 @@ def endless(state: Counted) -> Iterator[int]:
         yield i
 
 
+def pausing(state: Counted) -> Iterator[int]:
+    state.pid = os.getpid()
+    yield from range(BATCH)
+    time.sleep(0.5)
+    yield from range(BATCH, 2 * BATCH)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -87,6 +94,16 @@ def test_a_reader_that_dies_is_a_transient_failure_not_a_hang() -> None:
         with pytest.raises(Transient, match=r"export reader stopped unexpectedly.*SIGKILL"):
             for _ in stream:
                 pass
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_shutdown_signal_to_the_process_group_leaves_the_reader_to_the_worker(
+    sig: signal.Signals,
+) -> None:
+    with ChildStream(pausing, (), Counted()) as stream:
+        assert next(stream) == 0
+        os.kill(stream.state.pid, sig)
+        assert list(stream) == list(range(1, 2 * BATCH))
 
 
 def test_closing_stops_the_reader_and_wakes_a_waiting_consumer() -> None:
