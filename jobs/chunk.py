@@ -21,6 +21,7 @@ from uuid import UUID
 from jobs.context import ReplaceChunks, StageContext, StageExistingChunks, StageResult
 from jobs.domain import rules
 from jobs.download import local_export
+from jobs.ingest import isolated
 from jobs.ingest.chunker import TIER_TOKENS, ChunkConfig, chunk_conversation, extraction_tier
 from jobs.ingest.isolated import ChildStream
 from jobs.ingest.model import Chunk
@@ -85,6 +86,12 @@ async def chunk(ctx: StageContext) -> StageResult:
         )
 
     return StageResult(output, writes=[write])
+
+
+def start_reader() -> None:
+    """Start the export reader's server (a worker does as it starts: its first
+    import then does not wait for the reader's modules to load)."""
+    isolated.start(staged_chunks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from jobs.chunk import start_reader
 from worker import maintenance, outbox, runner, search, tasks
 from worker.db import Conn, resolve_dsn
 from worker.embeddings import make_embedder
@@ -145,6 +146,10 @@ async def run_worker(
         await llm.aclose()
         await pool.close()
         raise
+    try:
+        await asyncio.to_thread(start_reader)
+    except Exception as exc:
+        logger.warning("export reader not started ahead: %s", error_text(exc))
     app = tasks.build_app()
     tasks.install(runner.Deps(settings=settings, store=store, llm=llm, embedder=embedder))
     logger.info(

@@ -29,9 +29,11 @@ import multiprocessing
 import pickle
 import queue
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from typing import Any, Final, Generic, TypeVar
@@ -56,10 +58,30 @@ def _fork_server(preload: str) -> ForkServerContext:
     with _lock:
         if _context is None:
             context = multiprocessing.get_context("forkserver")
-            # With the main module imported once in the server, its children skip it.
-            context.set_forkserver_preload(["__main__", preload])
+            context.set_forkserver_preload(["__main__", preload, *_main_module()])
             _context = context
         return _context
+
+
+def _main_module() -> list[str]:
+    """The main module's name when it ran with ``-m``: imported once in the server.
+
+    Every child runs the main module again (as ``__mp_main__``). A main
+    module given as a file is skipped once the server has imported it
+    (``"__main__"`` in the preload list); one run with ``-m`` (``python -m
+    worker.cli``) is not, so the server imports it, and its imports with it,
+    and a child only runs its body.
+    """
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    return [name] if isinstance(name, str) and not name.endswith("__main__") else []
+
+
+def start(produce: Callable[..., Any]) -> None:
+    """Start the fork server now, ``produce``'s module imported in it, rather than
+    when the first stream needs it (a worker calls this as it starts)."""
+    _fork_server(produce.__module__)
+    forkserver.ensure_running()
 
 
 class ChildStream(Generic[T, S]):

@@ -225,6 +225,48 @@ def test_worker_process_completes_an_import_and_stops_on_sigterm(
     assert code == 0 and "## Preferences" in out
 
 
+def _children(pid: int) -> list[str]:
+    """Command lines of ``pid``'s child processes."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                out.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_starting_worker_has_its_export_reader_ready_before_the_first_import(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    log = tmp_path / "worker.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "worker", "--concurrency", "1"],
+        env={**os.environ, **env, "FULLPASS_LOG_FORMAT": "json"},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "worker starting" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        servers = [c for c in _children(proc.pid) if "multiprocessing.forkserver" in c]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert len(servers) == 1, _children(proc.pid)
+    # The reader's modules and the worker's own main module load once, in the
+    # server, not in every import's reader.
+    assert "'jobs.chunk'" in servers[0] and "'worker.cli'" in servers[0]
+
+
 def test_submit_from_chunks_starts_a_backfill(
     env: dict[str, str], db_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
