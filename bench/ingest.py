@@ -201,6 +201,7 @@ async def _next_job(conn: Any, import_id: uuid.UUID) -> tuple[int, str, int] | N
 
 async def ingest(db: str, zip_path: Path, home: Path) -> dict[str, Any]:
     """Run the real download and chunk stages of one import; return timings and counts."""
+    from jobs.chunk import start_reader
     from worker import runner
     from worker.llm.offline import OfflineProvider
     from worker.service import make_pool
@@ -223,6 +224,7 @@ async def ingest(db: str, zip_path: Path, home: Path) -> dict[str, Any]:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(zip_path, target)
 
+    start_reader()  # as a worker does when it starts
     pool = make_pool(db, max_size=4)
     await pool.open(wait=True)
     deps = runner.Deps(settings=settings, store=Store(pool), llm=OfflineProvider())
@@ -295,6 +297,10 @@ async def ingest(db: str, zip_path: Path, home: Path) -> dict[str, Any]:
         "ingest_s": round(elapsed, 3),
         "rss_before_mb": round(rss_before, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        # The export is parsed in a process of its own (jobs/ingest/isolated.py).
+        "reader_peak_rss_mb": round(
+            (output.get("stats") or {}).get("reader_peak_rss_kb", 0) / 1024, 1
+        ),
     }
 
 
@@ -337,9 +343,14 @@ def write_results(results: dict[str, Any]) -> None:
     tmp.replace(RESULTS)
 
 
+def _peak(r: dict[str, Any]) -> float:
+    """The larger peak RSS of the two processes (each has the same target)."""
+    return max(float(r["peak_rss_mb"]), float(r.get("reader_peak_rss_mb") or 0.0))
+
+
 def table(r: dict[str, Any]) -> str:
     ratio_ok = "ok" if r["ratio"] <= TARGET_RATIO else "OVER TARGET"
-    rss_ok = "ok" if r["peak_rss_mb"] < TARGET_RSS_MB else "OVER TARGET"
+    rss_ok = "ok" if _peak(r) < TARGET_RSS_MB else "OVER TARGET"
     lines = [
         ("export ZIP", f"{r['export_zip_mb']:.1f} MB"),
         ("conversations.json", f"{r['export_json_mb']:.1f} MB"),
@@ -353,7 +364,11 @@ def table(r: dict[str, Any]) -> str:
         ("chunks/s", f"{r['chunks_per_s']:,.0f}"),
         ("JSON MB/s", f"{r['json_mb_per_s']:.1f}"),
         ("RSS before stages", f"{r['rss_before_mb']:.0f} MB"),
-        ("peak RSS", f"{r['peak_rss_mb']:.0f} MB  (target < {TARGET_RSS_MB:g} MB: {rss_ok})"),
+        ("peak RSS, worker", f"{r['peak_rss_mb']:.0f} MB"),
+        (
+            "peak RSS, export reader",
+            f"{r['reader_peak_rss_mb']:.0f} MB  (each < {TARGET_RSS_MB:g} MB: {rss_ok})",
+        ),
     ]
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in lines)
@@ -411,7 +426,7 @@ def main() -> int:
             "ratio_max": TARGET_RATIO,
             "ratio_ok": results["ratio"] <= TARGET_RATIO,
             "peak_rss_mb_max": TARGET_RSS_MB,
-            "peak_rss_ok": child["peak_rss_mb"] < TARGET_RSS_MB,
+            "peak_rss_ok": _peak(child) < TARGET_RSS_MB,
         }
         write_results(results)
         print(f"\ningest benchmark ({RESULTS.relative_to(REPO)}):")

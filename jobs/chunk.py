@@ -82,7 +82,7 @@ async def chunk(ctx: StageContext) -> StageResult:
             conversations=stats.conversations,
             chunks=write.written,
             tiers=list(read.config.tiers),
-            stats=stats.as_dict(),
+            stats={**stats.as_dict(), "reader_peak_rss_kb": rows.peak_rss_kb},
         )
 
     return StageResult(output, writes=[write])

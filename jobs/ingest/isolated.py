@@ -28,6 +28,7 @@ import dataclasses
 import multiprocessing
 import pickle
 import queue
+import resource
 import signal
 import sys
 import threading
@@ -97,6 +98,8 @@ class ChildStream(Generic[T, S]):
         self, produce: Callable[..., Iterator[T]], args: tuple[Any, ...], state: S
     ) -> None:
         self.state = state
+        #: The child's peak resident memory (KiB), once it has finished.
+        self.peak_rss_kb: int | None = None
         context = _fork_server(produce.__module__)
         receiver, sender = context.Pipe(duplex=False)
         self._process = context.Process(
@@ -133,6 +136,8 @@ class ChildStream(Generic[T, S]):
                 continue
             self._done = True
             self._batch = []
+            if kind == "done":
+                self.peak_rss_kb = payload
             if kind == "raise":
                 self._process.join()
                 raise payload
@@ -224,7 +229,7 @@ def _child(
                 send("items", batch)
                 batch = []
         send("items", batch)
-        send("done", None)
+        send("done", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     except (BrokenPipeError, ConnectionResetError):
         return  # the parent is gone or stopped listening
     except BaseException as exc:

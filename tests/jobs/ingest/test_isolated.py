@@ -67,6 +67,7 @@ def test_items_and_state_come_from_another_process() -> None:
         assert stream.state.seen == n
         assert stream.state.notes == ["finished"]
         assert stream.state.pid not in (0, os.getpid())
+        assert stream.peak_rss_kb is not None and stream.peak_rss_kb > 1000
 
 
 def test_what_the_reader_raises_is_raised_here_after_its_items() -> None:
