@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
+from multiprocessing.process import BaseProcess
 from typing import Any, Final, Generic, TypeVar
 
 from worker.errors import FullpassError, Transient
@@ -90,8 +91,10 @@ class ChildStream(Generic[T, S]):
 
     ``state`` is a dataclass the generator updates as it goes; the parent's
     copy is brought up to date with every batch, so it is complete once the
-    stream is exhausted. Iterate from one thread at a time; :meth:`close`
-    may be called from any thread.
+    stream is exhausted. The child starts at the first ``next()`` (in the
+    thread that iterates), so a stream that is never read leaves nothing
+    behind. Iterate from one thread at a time; :meth:`close` may be called
+    from any thread.
     """
 
     def __init__(
@@ -100,30 +103,46 @@ class ChildStream(Generic[T, S]):
         self.state = state
         #: The child's peak resident memory (KiB), once it has finished.
         self.peak_rss_kb: int | None = None
-        context = _fork_server(produce.__module__)
-        receiver, sender = context.Pipe(duplex=False)
-        self._process = context.Process(
-            target=_child,
-            args=(sender, produce, args, state),
-            name="fullpass-export-reader",
-            daemon=True,
-        )
-        self._process.start()
-        sender.close()
-        self._conn = receiver
+        self._produce = produce
+        self._args = args
+        self._lock = threading.Lock()
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._reader: threading.Thread | None = None
         self._messages: queue.Queue[tuple[str, Any, Any]] = queue.Queue(READ_AHEAD)
         self._closed = threading.Event()
         self._batch: list[T] = []
         self._next = 0
         self._done = False
-        self._reader = threading.Thread(target=self._read, name="fullpass-export-pipe", daemon=True)
-        self._reader.start()
+
+    def _start(self) -> bool:
+        """Start the child (once); False when the stream was closed first."""
+        with self._lock:
+            if self._closed.is_set():
+                return False
+            if self._process is None:
+                context = _fork_server(self._produce.__module__)
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_child,
+                    args=(sender, self._produce, self._args, self.state),
+                    name="fullpass-export-reader",
+                    daemon=True,
+                )
+                process.start()
+                sender.close()
+                self._process, self._conn = process, receiver
+                self._reader = threading.Thread(
+                    target=self._read, args=(receiver,), name="fullpass-export-pipe", daemon=True
+                )
+                self._reader.start()
+            return True
 
     def __iter__(self) -> ChildStream[T, S]:
         return self
 
     def __next__(self) -> T:
-        if self._closed.is_set():
+        if self._closed.is_set() or not self._start():
             raise StopIteration
         while self._next >= len(self._batch):
             if self._done or self._closed.is_set():
@@ -139,7 +158,8 @@ class ChildStream(Generic[T, S]):
             if kind == "done":
                 self.peak_rss_kb = payload
             if kind == "raise":
-                self._process.join()
+                if self._process is not None:
+                    self._process.join()
                 raise payload
             if kind == "died":
                 raise Transient(f"the export reader stopped unexpectedly ({self._exit()})")
@@ -150,15 +170,20 @@ class ChildStream(Generic[T, S]):
 
     def close(self) -> None:
         """Stop the child (if it still runs) and release the pipe."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        if self._process.is_alive():
-            self._process.kill()
-        self._process.join()
-        self._reader.join()
-        self._conn.close()
-        self._process.close()
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+        if self._process is not None:
+            if self._process.is_alive():
+                self._process.kill()
+            self._process.join()
+        if self._reader is not None:
+            self._reader.join()
+        if self._conn is not None:
+            self._conn.close()
+        if self._process is not None:
+            self._process.close()
         # Wake a consumer waiting for the next message.
         with contextlib.suppress(queue.Empty):
             while True:
@@ -171,13 +196,13 @@ class ChildStream(Generic[T, S]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _read(self) -> None:
+    def _read(self, conn: Connection) -> None:
         """Move the child's messages to the queue (a thread, so the child parses ahead)."""
         while True:
             message: tuple[str, Any, Any]
             try:
                 # Our own child's bytes, over a pipe only it and we hold.
-                message = pickle.loads(self._conn.recv_bytes())  # noqa: S301
+                message = pickle.loads(conn.recv_bytes())  # noqa: S301
             except (EOFError, OSError):
                 message = ("died", None, None)
             except Exception as exc:
@@ -193,6 +218,8 @@ class ChildStream(Generic[T, S]):
                 return
 
     def _exit(self) -> str:
+        if self._process is None:
+            return "it never started"
         self._process.join(timeout=5)
         code = self._process.exitcode
         if code is None:

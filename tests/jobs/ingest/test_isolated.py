@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,12 @@ def endless(state: Counted) -> Iterator[int]:
     while True:
         i += 1
         yield i
+
+
+def marking(path: str, state: Counted) -> Iterator[int]:
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    yield 1
 
 
 def pausing(state: Counted) -> Iterator[int]:
@@ -105,6 +112,21 @@ def test_a_shutdown_signal_to_the_process_group_leaves_the_reader_to_the_worker(
         assert next(stream) == 0
         os.kill(stream.state.pid, sig)
         assert list(stream) == list(range(1, 2 * BATCH))
+
+
+def test_a_stream_never_read_starts_no_reader(tmp_path: Path) -> None:
+    # The stage hands the stream to the write that reads it; a write that never
+    # runs (the job lost its import first) must not leave a reader behind.
+    marker = tmp_path / "started"
+    stream = ChildStream(marking, (str(marker),), Counted())
+    time.sleep(0.5)
+    stream.close()
+    assert not marker.exists()
+    assert list(stream) == []
+
+    with ChildStream(marking, (str(marker),), Counted()) as read:
+        assert list(read) == [1]
+    assert marker.exists()
 
 
 def test_closing_stops_the_reader_and_wakes_a_waiting_consumer() -> None:
