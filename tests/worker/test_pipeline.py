@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+import jobs.chunk
 from jobs import registry
+from jobs.chunk import ReadSpec, staged_chunks
 from jobs.context import StageContext, StageResult
 from jobs.domain.facts import Facts
+from jobs.ingest.reader import ReadStats
 from tests.conftest import USER_A, USER_B, make_settings, query
 from tests.helpers import (
     drive,
@@ -29,7 +35,7 @@ from worker.llm.base import ExtractionInput, LLMResult
 from worker.llm.offline import OfflineProvider
 from worker.settings import Settings
 from worker.stages import AFTER, STAGES
-from worker.store import Store
+from worker.store import StagedChunk, Store
 
 WEIGHTS = {
     "download": 3,
@@ -325,6 +331,36 @@ async def test_bad_input_fails_at_once_with_a_clear_error(settings: Settings, db
     assert "not found" in row["error"] and "missing.zip" in row["error"]
     assert stage_rows(db_dsn, import_id)["download"]["attempts"] == 1  # not retried
     _assert_complete(db_dsn, other)  # the worker carried on
+
+
+def _reader_that_dies(read: ReadSpec, stats: ReadStats) -> Iterator[StagedChunk]:
+    """The real reader, killed (as the kernel's OOM killer would be) after its first chunks."""
+    for i, row in enumerate(staged_chunks(read, stats)):
+        if i == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield row
+
+
+async def test_an_export_reader_that_dies_is_retried_then_fails_the_import_saying_why(
+    settings: Settings, db_dsn: str, deps: runner.Deps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import_id = submit(settings, USER_A)
+    monkeypatch.setattr(jobs.chunk, "staged_chunks", _reader_that_dies)
+    await drive(deps, db_dsn, import_id)
+    row = import_row(db_dsn, import_id)
+    assert (row["status"], row["stage"]) == ("failed", "chunk")
+    assert "export reader stopped unexpectedly (killed by SIGKILL, out of memory?)" in row["error"]
+    chunk = stage_rows(db_dsn, import_id)["chunk"]
+    assert chunk["attempts"] == settings.max_attempts
+    assert query(
+        db_dsn, "select count(*) as n from import_chunks where import_id = %s", (import_id,)
+    ) == [{"n": 0}]  # nothing half-written
+
+    # Once the reader lives, a requeue carries the import through.
+    monkeypatch.undo()
+    query(db_dsn, "select public.requeue_import(%s)", (import_id,))
+    await drive(deps, db_dsn, import_id)
+    assert import_row(db_dsn, import_id)["status"] == "complete"
 
 
 class SlowProvider(OfflineProvider):
