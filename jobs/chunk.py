@@ -23,7 +23,6 @@ from jobs.domain import rules
 from jobs.download import local_export
 from jobs.ingest import isolated
 from jobs.ingest.chunker import TIER_TOKENS, ChunkConfig, chunk_conversation, extraction_tier
-from jobs.ingest.isolated import ChildStream
 from jobs.ingest.model import Chunk
 from jobs.ingest.reader import Limits, ReadStats, read_export
 from jobs.outputs import ChunkOutput
@@ -65,7 +64,7 @@ async def chunk(ctx: StageContext) -> StageResult:
         namespace=ctx.imp.id,
         now=datetime.now(UTC),
     )
-    rows: ChildStream[StagedChunk, ReadStats] = ChildStream(staged_chunks, (read,), ReadStats())
+    rows = isolated.ChildStream[StagedChunk, ReadStats](staged_chunks, (read,), ReadStats())
     stats = rows.state
     reported = 0
 
