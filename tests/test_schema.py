@@ -205,3 +205,44 @@ def test_migrates_onto_the_apps_older_tables_and_back(empty_db_dsn: str) -> None
     assert {i["indexname"] for i in indexes} == {"conversation_chunks_pkey", "user_profiles_pkey"}
     migrate.upgrade(empty_db_dsn)
     assert migrate.current(empty_db_dsn) == migrate.head()
+
+
+def test_staged_text_is_compressed_with_lz4_where_the_server_has_it(empty_db_dsn: str) -> None:
+    migrate.upgrade(empty_db_dsn)
+    lz4 = query(
+        empty_db_dsn,
+        "select 'lz4' = any(enumvals) as ok from pg_settings"
+        " where name = 'default_toast_compression'",
+    )[0]["ok"]
+    column = (
+        "select attcompression::text as method from pg_attribute"
+        " where attrelid = 'public.import_chunks'::regclass and attname = 'content'"
+    )
+    assert query(empty_db_dsn, column)[0]["method"] == ("l" if lz4 else "")
+    import_id = insert_import(empty_db_dsn, USER_A, PATH_A)
+    text = " ".join(f"word{i}" for i in range(3000))  # ~26 kB: stored compressed
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        with conn.cursor().copy(
+            "copy import_chunks (id, import_id, user_id, conversation_id, content,"
+            " chunk_index, chunk_tier, content_hash) from stdin"
+        ) as copy:
+            copy.write_row(
+                (
+                    "0b0e2f4c-9f0c-4c1e-9a57-2f0b7b1c2d3e",
+                    import_id,
+                    USER_A,
+                    "c1",
+                    text,
+                    0,
+                    "medium",
+                    "h",
+                )
+            )
+        stored = conn.execute(
+            "select pg_column_compression(content) as method, content = %s as same"
+            " from import_chunks where import_id = %s",
+            (text, import_id),
+        ).fetchone()
+    assert stored == (("lz4" if lz4 else "pglz"), True)
+    migrate.downgrade(empty_db_dsn, "0016")
+    assert query(empty_db_dsn, column)[0]["method"] == ""
