@@ -49,6 +49,8 @@ S = TypeVar("S")
 BATCH: Final = 128
 #: Messages read ahead of the consumer: bounds what the parent holds.
 READ_AHEAD: Final = 8
+#: How long a starting worker waits for the reader's server to be ready.
+START_SECONDS: Final = 60.0
 
 _lock = threading.Lock()
 _context: ForkServerContext | None = None
@@ -81,9 +83,28 @@ def _main_module() -> list[str]:
 
 def start(produce: Callable[..., Any]) -> None:
     """Start the fork server now, ``produce``'s module imported in it, rather than
-    when the first stream needs it (a worker calls this as it starts)."""
-    _fork_server(produce.__module__)
+    when the first stream needs it (a worker calls this as it starts).
+
+    Returns once the server can fork a reader: it forks one that does nothing
+    and waits for it, which it can do only when its imports are done. A
+    worker that took jobs before then would have them compete for the CPU
+    with the server's imports, and its first import would wait for them.
+    """
+    context = _fork_server(produce.__module__)
     forkserver.ensure_running()
+    probe = context.Process(target=_ready, name="fullpass-reader-ready", daemon=True)
+    probe.start()
+    probe.join(START_SECONDS)
+    if probe.exitcode is None:
+        probe.kill()
+        probe.join()
+        raise Transient(f"the export reader's server was not ready after {START_SECONDS:g} s")
+    if probe.exitcode != 0:
+        raise Transient(f"the export reader's first child exited with {probe.exitcode}")
+
+
+def _ready() -> None:
+    """What the readiness probe runs in its child: nothing."""
 
 
 class ChildStream(Generic[T, S]):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -150,3 +152,63 @@ def test_closing_stops_the_reader_and_wakes_a_waiting_consumer() -> None:
     threading.Thread(target=consume, daemon=True).start()
     assert finished.wait(5)
     stream.close()  # twice is harmless
+
+
+SLOW_READER = """
+import os, pathlib, time
+
+# The reader's module as the fork server imports it: slowly, until told.
+if os.getpid() != int(os.environ["OWNER_PID"]):
+    while not pathlib.Path(os.environ["IMPORT_MAY_END"]).exists():
+        time.sleep(0.01)
+
+
+def produce(state):
+    yield 1
+"""
+
+STARTING = """
+import pathlib, sys, threading, time
+from jobs.ingest import isolated
+import slow_reader
+
+events = []
+
+
+def let_the_import_end():
+    time.sleep(0.3)
+    events.append("import ended")
+    pathlib.Path(sys.argv[1]).touch()
+
+
+threading.Thread(target=let_the_import_end).start()
+isolated.start(slow_reader.produce)
+events.append("start returned")
+print(",".join(events))
+"""
+
+
+def test_starting_the_reader_returns_once_it_can_fork_a_reader(tmp_path: Path) -> None:
+    # A worker starts its reader before it takes a job: a start that returns
+    # while the server is still importing the reader's modules leaves that
+    # work to compete with the worker's first imports.
+    (tmp_path / "slow_reader.py").write_text(SLOW_READER)
+    flag = tmp_path / "import-may-end"
+    repo = Path(__file__).resolve().parents[3]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repo)]),
+        "OWNER_PID": "0",
+        "IMPORT_MAY_END": str(flag),
+    }
+    script = "import os; os.environ['OWNER_PID'] = str(os.getpid())\n" + STARTING
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(flag)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "import ended,start returned"
