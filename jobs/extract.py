@@ -365,11 +365,23 @@ async def _online(
     worker after this one stalled), no new call starts, but the calls already
     in flight are awaited: their answers are refused as checkpoints, and what
     they cost is still booked in the import's whole spend.
+
+    Checkpoints are written by tasks of their own, outside the calls' task
+    group: a call that fails the stage (a refused key) cancels the other
+    calls, not the writing of answers already paid for. A checkpoint that
+    fails stops new calls and fails the stage once the others are written.
     """
     limit = ctx.options.concurrency
     queue: asyncio.Queue[_Group | None] = asyncio.Queue(maxsize=limit * 2)
     checked = time.monotonic()
     stale = asyncio.Event()
+    writes: set[asyncio.Task[None]] = set()
+    write_failures: list[BaseException] = []
+
+    def written(task: asyncio.Task[None]) -> None:
+        writes.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            write_failures.append(exc)
 
     async def produce() -> None:
         try:
@@ -394,9 +406,11 @@ async def _online(
         except StaleJob:
             stale.set()
 
-    async def consume(tasks: asyncio.TaskGroup) -> None:
+    async def consume() -> None:
         me = asyncio.current_task()
         while not stale.is_set() and (group := await queue.get()) is not None:
+            if write_failures:
+                return
             try:
                 write = await _extract_group(ctx, group, state)
             except StaleJob:
@@ -418,16 +432,25 @@ async def _online(
                 raise asyncio.CancelledError
             if write is not None:
                 # The checkpoint commits in the background: the call slot is free at once.
-                tasks.create_task(finish(write, group))
+                task = asyncio.create_task(finish(write, group))
+                writes.add(task)
+                task.add_done_callback(written)
 
     try:
         async with asyncio.TaskGroup() as tasks:
             producer = tasks.create_task(produce())
-            consumers = [tasks.create_task(consume(tasks)) for _ in range(limit)]
+            consumers = [tasks.create_task(consume()) for _ in range(limit)]
             await asyncio.wait(consumers)
-            producer.cancel()  # stale: nobody takes its next group
+            producer.cancel()  # stale or stopped: nobody takes its next group
     except ExceptionGroup as eg:
         raise eg.exceptions[0] from None  # the first cause, not the group wrapper
+    finally:
+        # Answers in hand are written whatever ends the calls (a failure, a shutdown);
+        # waiting does not cancel the writes if this task is cancelled again.
+        while writes:
+            await asyncio.wait(set(writes))
+    if write_failures:
+        raise write_failures[0]
     if stale.is_set():
         raise StaleJob()
     await ctx.store.report_progress(state.completed, total)

@@ -30,7 +30,7 @@ from tests.fakes.fake_anthropic import FakeAnthropicServer, Fault
 from tests.fakes.plugin import anthropic_provider
 from tests.helpers import drive, import_row, stage_rows, submit
 from worker import runner
-from worker.llm.base import ExtractionInput, LLMResult
+from worker.llm.base import ExtractionInput, LLMResult, ModelRefused
 from worker.llm.offline import OfflineProvider
 from worker.settings import Settings
 from worker.store import ChunkText, Store
@@ -204,6 +204,44 @@ async def test_a_job_cancelled_as_answers_arrive_stops_as_cancelled_and_keeps_th
     assert (extract["status"], extract["error"], extract["attempts"]) == ("running", None, 1)
     # The two answers were paid for: checkpointed, so a resumed job does not ask again.
     assert query(db_dsn, "select count(*) as n from chunk_facts")[0]["n"] >= 2
+
+
+class RefusedAsAnotherAnswers(OfflineProvider):
+    """The first call answers; the second is refused the moment the first has its
+    answer (an API key revoked while calls are in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.answered = asyncio.Event()
+
+    async def extract_facts(self, item: ExtractionInput) -> LLMResult[Facts]:
+        self.calls += 1
+        if self.calls == 1:
+            while self.calls < 2:  # both calls in flight
+                await asyncio.sleep(0.01)
+            self.answered.set()
+            return await super().extract_facts(item)
+        await self.answered.wait()
+        raise ModelRefused("the API key was revoked")
+
+
+async def test_an_answer_in_hand_is_kept_when_another_call_is_refused(
+    db_dsn: str, tmp_path: Path, pool: AsyncConnectionPool[Any]
+) -> None:
+    """A refusal fails the stage, but what was already paid for is checkpointed:
+    the requeue after the operator's fix does not pay for it again."""
+    settings = make_settings(db_dsn, tmp_path, FULLPASS_EMBEDDINGS="none", FULLPASS_CONCURRENCY=2)
+    llm = RefusedAsAnotherAnswers()
+    deps = runner.Deps(settings=settings, store=Store(pool), llm=llm)
+    import_id = submit(settings, USER_A, options='{"pack_tokens": 600}')
+    await drive(deps, db_dsn, import_id, until="chunk")
+    await drive(deps, db_dsn, import_id, until="extract")
+    extract = stage_rows(db_dsn, import_id)["extract"]
+    assert extract["status"] == "failed"
+    assert "revoked" in extract["error"]
+    assert llm.calls == 2
+    assert query(db_dsn, "select count(*) as n from chunk_facts")[0]["n"] >= 1
 
 
 async def test_batch_mode_submits_polls_and_collects(
