@@ -34,7 +34,6 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
@@ -91,7 +90,6 @@ def start(produce: Callable[..., Any]) -> None:
     with the server's imports, and its first import would wait for them.
     """
     context = _fork_server(produce.__module__)
-    forkserver.ensure_running()
     probe = context.Process(target=_ready, name="fullpass-reader-ready", daemon=True)
     probe.start()
     probe.join(START_SECONDS)

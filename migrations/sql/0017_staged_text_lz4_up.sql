@@ -2,8 +2,8 @@
 --
 -- The chunk stage writes every chunk of an export through COPY, and the
 -- server compresses each chunk's text as it stores it: with pglz that was
--- most of the server's work (~70 µs a 6 kB chunk, 1.8 s of a 25,000-chunk
--- export), with lz4 a fifth of it. Publishing copies the compressed text into
+-- most of the server's work (its CPU for a 26,629-chunk export on PostgreSQL
+-- 15: 3.36 s with pglz, 1.38 s with lz4). Publishing copies the compressed text into
 -- conversation_chunks as it is (PostgreSQL does not recompress a value it
 -- copies), so the app reads lz4 values there too; every reader of a server
 -- built with lz4 does so transparently. A server built without lz4 keeps
