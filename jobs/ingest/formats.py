@@ -135,8 +135,8 @@ class _Garbage(Exception):
 class _NestingGuard:
     """Watches the raw bytes for absurd nesting depth and endless strings.
 
-    It works on whole buffers with bytes methods (no per-byte Python loop):
-    escaped backslashes and quotes are dropped, every byte but quotes and
+    It works on whole buffers with C-speed methods (no per-byte Python loop):
+    escape sequences are dropped, every byte but quotes and
     brackets is deleted, strings are cut out, and what is left, a run of
     brackets, is folded by removing innermost ``[]`` pairs. The bound it
     computes can over-estimate the real depth (at most threefold), never under.
@@ -144,6 +144,9 @@ class _NestingGuard:
 
     _NOT_STRUCTURAL: Final = bytes(b for b in range(256) if b not in b'[]{}"')
     _UNIFY: Final = bytes.maketrans(b"{}", b"[]")
+    #: A backslash and the byte it escapes (one pass, left to right, so ``\\"``
+    #: is an escaped backslash before a real quote).
+    _ESCAPE: Final = re.compile(rb"\\.", re.DOTALL)
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -156,7 +159,7 @@ class _NestingGuard:
         chunk = self._carry + data if self._carry else data
         body = chunk.rstrip(b"\\")  # a backslash run is judged with the byte after it
         self._carry = chunk[len(body) :]
-        s = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, self._NOT_STRUCTURAL)
+        s = self._ESCAPE.sub(b"", body).translate(None, self._NOT_STRUCTURAL)
         saw_quote = b'"' in s
         # Dropping adjacent quote pairs removes empty strings and empty gaps between
         # strings; neither holds a bracket, and the parity of later quotes is kept.
@@ -967,6 +970,7 @@ def clean_text(text: str, stats: ReadStats) -> str:
 #: linear on hostile text.
 _MARKER_SPAN = re.compile("[ \t]*\ue200[^\ue200\ue201]{0,1000}\ue201")
 _MARKER_CHAR = re.compile("[\ue200-\ue2ff]")
+_MARKER_LEAD_BYTE: Final = "\ue200".encode()[:1]
 
 
 def strip_markers(text: str) -> str:
@@ -982,11 +986,15 @@ def _sanitise(text: str) -> str:
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.isascii():
-        text = strip_markers(text)
         try:
-            text.encode("utf-8")
+            encoded = text.encode("utf-8")
         except UnicodeEncodeError:
-            text = text.encode("utf-8", "replace").decode("utf-8")
+            encoded = text.encode("utf-8", "replace")
+            text = encoded.decode("utf-8")
+        # Every marker character starts with this byte in UTF-8: a byte search
+        # is far cheaper than the pattern on text that holds none.
+        if _MARKER_LEAD_BYTE in encoded:
+            text = strip_markers(text)
     return text
 
 
