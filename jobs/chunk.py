@@ -11,6 +11,7 @@ one conversation at a time is parsed, a few batches of rows are in flight.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from uuid import UUID
 
 from jobs.context import ReplaceChunks, StageContext, StageExistingChunks, StageResult
 from jobs.domain import rules
+from jobs.domain.facts import Facts
 from jobs.download import local_export
 from jobs.ingest import isolated
 from jobs.ingest.chunker import TIER_TOKENS, ChunkConfig, chunk_conversation, extraction_tier
@@ -30,6 +32,8 @@ from worker.errors import BadInput
 from worker.store import SavedFacts, StagedChunk
 
 PROGRESS_EVERY = 2000  # conversations
+#: Distinct saved memories (and custom instructions) whose facts one reader keeps.
+SAVED_TEXTS_CACHED = 4096
 
 
 def saved_facts_of(chunk: Chunk) -> list[SavedFacts]:
@@ -39,10 +43,17 @@ def saved_facts_of(chunk: Chunk) -> list[SavedFacts]:
         kind: Literal["memory", "instructions"] = (
             "instructions" if message.kind == "instructions" else "memory"
         )
-        facts = rules.saved_facts(kind, message.text)
+        facts = _filed(kind, message.text)
         if facts.count():
             out.append(SavedFacts(ordinal, kind, message.time, facts))
     return out
+
+
+@functools.lru_cache(maxsize=SAVED_TEXTS_CACHED)
+def _filed(kind: Literal["memory", "instructions"], text: str) -> Facts:
+    """One saved text's facts. An export repeats the same memories in conversation
+    after conversation (every snapshot lists them all): each is filed once."""
+    return rules.saved_facts(kind, text)
 
 
 def chunk_config(ctx: StageContext) -> ChunkConfig:
