@@ -32,8 +32,11 @@ from worker.errors import BadInput
 from worker.store import SavedFacts, StagedChunk
 
 PROGRESS_EVERY = 2000  # conversations
-#: Distinct saved memories (and custom instructions) whose facts one reader keeps.
-SAVED_TEXTS_CACHED = 4096
+#: Distinct saved memories (and custom instructions) whose facts one reader keeps,
+#: each at most this long (a longer one is filed every time: the reader's memory
+#: must not grow with a hostile export's texts).
+SAVED_TEXTS_CACHED = 1024
+SAVED_TEXT_CACHED_CHARS = 4096
 
 
 def saved_facts_of(chunk: Chunk) -> list[SavedFacts]:
@@ -43,7 +46,10 @@ def saved_facts_of(chunk: Chunk) -> list[SavedFacts]:
         kind: Literal["memory", "instructions"] = (
             "instructions" if message.kind == "instructions" else "memory"
         )
-        facts = _filed(kind, message.text)
+        if len(message.text) <= SAVED_TEXT_CACHED_CHARS:
+            facts = _filed(kind, message.text)
+        else:
+            facts = rules.saved_facts(kind, message.text)
         if facts.count():
             out.append(SavedFacts(ordinal, kind, message.time, facts))
     return out
