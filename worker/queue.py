@@ -16,7 +16,10 @@ here, each override for a reason procrastinate's worker gets wrong for us:
   granted to everyone) stops it, and with it the worker; and it aborts a job
   on a bare ``abort_job_requested`` notification. Ours drops garbage, treats
   notifications as hints and aborts only jobs whose row says so.
-* ``_fetch_and_process_jobs``: a failed fetch escapes upstream's run loop.
+* ``_fetch_and_process_jobs``: a failed fetch escapes upstream's run loop; and
+  upstream clears its "look for jobs" event after every fetch, so a wake-up
+  that arrives while a fetch runs (a job ended, a job was inserted, after the
+  fetch's snapshot) is lost until the next poll. Ours looks again.
 * ``_persist_job_status``: writing a job's end is retried through an outage,
   and skipped when the row says another worker runs the job now (this one
   froze past the stalled timeout and its job was handed over); once written,
@@ -70,13 +73,16 @@ class FullpassJobManager(pmanager.JobManager):
     ``spare_slots`` (set by the worker): how many of the worker's slots stay
     free once the job being fetched runs. A worker running a lane of an import
     takes a lane of the import's other stage only if one does (revision 0016).
+    ``fetching`` (set by the worker) is called as each fetch starts.
     """
 
     def __init__(self, connector: Any) -> None:
         super().__init__(connector)
         self.spare_slots: Callable[[], int] = lambda: 0
+        self.fetching: Callable[[], None] = lambda: None
 
     async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> pjobs.Job | None:
+        self.fetching()
         row = await self.connector.execute_query_one_async(
             query=queries.FETCH_JOB,
             queues=list(queues) if queues is not None else None,
@@ -131,8 +137,12 @@ class ResilientWorker(pworker.Worker):
         self._ignored_notifications = 0
         #: Jobs the sweeper saw marked as ours that we do not run (see the sweeper).
         self.orphans_seen: set[int] = set()
+        #: Wake-ups so far, and how many there had been when the last fetch started.
+        self._wakes = 0
+        self._wakes_at_fetch = 0
         if isinstance(self.app.job_manager, FullpassJobManager):
             self.app.job_manager.spare_slots = self.spare_slots
+            self.app.job_manager.fetching = self._fetching
 
     def spare_slots(self) -> int:
         """Slots left free once the job being fetched runs (its own slot is taken already)."""
@@ -285,7 +295,7 @@ class ResilientWorker(pworker.Worker):
         if notification["type"] == "abort_job_requested":
             self._check_aborts_soon()
         elif notification["type"] == "job_inserted":
-            self._new_job_event.set()
+            self.wake()
 
     def _check_aborts_soon(self) -> None:
         """One check of the jobs to abort at a time, however many hints arrive."""
@@ -317,6 +327,14 @@ class ResilientWorker(pworker.Worker):
             # heartbeat notices and fences. The run loop polls again shortly.
             self._db_warning("fetching a job", exc)
             await asyncio.sleep(random.uniform(0.5, 1.0))
+        if self._wakes != self._wakes_at_fetch:
+            # Woken while the last fetch ran, which upstream's loop then forgot:
+            # what woke us (a job that ended, one inserted) may be what that
+            # fetch could not see yet. The run loop looks again now.
+            self._new_job_event.set()
+
+    def _fetching(self) -> None:
+        self._wakes_at_fetch = self._wakes
 
     async def _persist_job_status(
         self,
@@ -373,6 +391,7 @@ class ResilientWorker(pworker.Worker):
 
     def wake(self) -> None:
         """Look for jobs now instead of at the next poll."""
+        self._wakes += 1
         self._new_job_event.set()
 
     def running_job_ids(self) -> set[int]:
