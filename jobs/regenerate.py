@@ -62,7 +62,9 @@ def condensed_samples(
     samples: list[str] = []
     used = 0
     for conv in conversations:
-        body = condense_transcript("\n".join(conv.contents), paste_chars=paste_chars)
+        body = condense_transcript(
+            "\n".join(conv.contents), paste_chars=paste_chars, enough=per_conversation
+        )
         if not body:
             continue
         when = conv.created_at.date().isoformat() if conv.created_at else "undated"

@@ -103,6 +103,7 @@ def condense_transcript(
     max_message_chars: int = MAX_MESSAGE_CHARS,
     paste_chars: int = 0,
     seen: set[str] | None = None,
+    enough: int = 0,
 ) -> str:
     """Keep user turns (capped per message), trim assistant turns to an excerpt.
 
@@ -110,6 +111,11 @@ def condense_transcript(
     give context to nothing. A user turn longer than ``paste_chars`` (0: none)
     has its pasted material cut (:func:`cut_pastes`, with ``seen``). Returns
     "" when the chunk holds no user text at all: nothing to extract.
+
+    ``enough`` (0: all) stops at the first turn boundary where at least that
+    many characters of the result are settled, and returns them: a prefix of
+    the whole result, at least ``enough`` long (for a caller that keeps only
+    the head of a long conversation).
     """
     out: list[str] = []
     speaker: Speaker | None = None
@@ -117,6 +123,9 @@ def condense_transcript(
     has_user = False
     turn_start = 0  # where the current turn starts in ``out``
     words_end = 0  # where the last turn that is not the assistant's ends in ``out``
+    # With ``enough``: the characters of out[:settled] (each line and its newline).
+    # At a turn boundary every line before words_end is final and in the result.
+    settled = settled_chars = 0
 
     def end_turn() -> None:
         nonlocal words_end
@@ -130,6 +139,13 @@ def condense_transcript(
         m = _LABEL.match(line)
         if m:
             end_turn()
+            if enough and has_user:
+                settled_chars += sum(len(kept) + 1 for kept in out[settled:words_end])
+                settled = words_end
+                if settled_chars > enough:
+                    head = "\n".join(out[:words_end]).strip()
+                    if len(head) >= enough:
+                        return head
             turn_start = len(out)
             speaker = _BY_LABEL[m.group("label")]
             budget = assistant_chars if speaker == "assistant" else max_message_chars

@@ -65,6 +65,42 @@ _DOC = "# Harbour notes\n\n" + "\n\n".join(
 )
 
 
+_SPEAKERS = ["User", "User (continued)", "Assistant", "Assistant (continued)", "Saved memory"]
+
+
+@given(
+    turns=st.lists(
+        st.tuples(
+            st.sampled_from([*_SPEAKERS, ""]),
+            st.text(alphabet="ab .`{}\n\t", max_size=200),
+        ),
+        max_size=12,
+    ),
+    enough=st.integers(min_value=1, max_value=300),
+    paste_chars=st.sampled_from([0, 40, 2000]),
+)
+def test_condensing_only_the_head_gives_the_head_of_the_whole(
+    turns: list[tuple[str, str]], enough: int, paste_chars: int
+) -> None:
+    content = "\n".join(f"{who}: {text}" if who else text for who, text in turns)
+    kw: dict[str, Any] = {"paste_chars": paste_chars, "assistant_chars": 30}
+    whole = condense_transcript(content, max_message_chars=150, **kw)
+    head = condense_transcript(content, max_message_chars=150, enough=enough, **kw)
+    assert whole.startswith(head)
+    assert head[:enough] == whole[:enough]
+
+
+def test_condensing_the_head_of_a_long_conversation_stops_early() -> None:
+    content = "\n\n".join(
+        f"User: question {i} about the harbour ledger\n\nAssistant: {'an answer ' * 40}"
+        for i in range(2000)
+    )
+    whole = condense_transcript(content)
+    head = condense_transcript(content, enough=300)
+    assert 300 <= len(head) < 600 < len(whole)
+    assert whole.startswith(head)
+
+
 def test_long_pastes_are_cut_to_their_first_line_and_what_the_user_says() -> None:
     fact = "I'm building Rota, a side project written with Go and DuckDB."
     doc = _DOC.replace("The ledger opens", "We decided to move to Porto. The ledger", 1)
