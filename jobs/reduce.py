@@ -44,9 +44,17 @@ class Fact:
     date: str | None
     sources: list[str] = field(default_factory=list)
     previously: list[str] = field(default_factory=list)
+    #: ``normalise(self.text())``, once asked for (a fact stated in thousands of
+    #: chunks is compared with each of them).
+    _normalised: str | None = field(default=None, repr=False, compare=False)
 
     def text(self) -> str:
         return text_of(self.item)
+
+    def normalised(self) -> str:
+        if self._normalised is None:
+            self._normalised = normalise(self.text())
+        return self._normalised
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {**fields_of(self.item), "as_of": self.date, "sources": self.sources}
@@ -74,7 +82,7 @@ class FactSet:
             self._by_key[key] = fact
             self._sources[key] = dict.fromkeys(fact.sources)
             return
-        same = normalise(old.text()) == normalise(fact.text())
+        same = old.normalised() == fact.normalised()
         newer, older = (fact, old) if (fact.date or "") >= (old.date or "") else (old, fact)
         # Sources read oldest first, each once.
         if newer is fact:
@@ -89,7 +97,8 @@ class FactSet:
             newer.item,
             newer.date,
             [],
-            [p for p in previously if normalise(p) != normalise(newer.text())],
+            [p for p in previously if normalise(p) != newer.normalised()],
+            newer.normalised(),
         )
 
     def facts(self) -> list[Fact]:
@@ -120,11 +129,12 @@ class FactSet:
 def facts_from_json(facts: Facts, *, date: str | None, source: str | None) -> list[Fact]:
     """Flatten one extraction answer into provenance-carrying facts (empty ones dropped)."""
     sources = [source] if source else []
-    return [
-        Fact(category, item, date, list(sources))
-        for category, item in facts.items()
-        if normalise(text_of(item))
-    ]
+    out = []
+    for category, item in facts.items():
+        normalised = normalise(text_of(item))
+        if normalised:
+            out.append(Fact(category, item, date, list(sources), [], normalised))
+    return out
 
 
 async def reduce(ctx: StageContext) -> StageResult:
