@@ -10,6 +10,10 @@
 * **Scratch files.** Exports are copied under ``$FULLPASS_HOME/work/<import>``;
   a directory whose import is no longer pending or processing (complete,
   failed, cancelled, deleted) is removed, however the import ended.
+* **Staged chunks of published passes.** A worker drops a pass's staged
+  chunks right after publishing them (conversation_chunks holds their copy);
+  those of a complete import that are still there a minute later (the worker
+  stopped in between) are dropped here.
 * **Callback events.** An event undelivered a day after it was written is
   given up, and finished ones are deleted after a week
   (:func:`worker.outbox.housekeeping`).
@@ -39,6 +43,9 @@ logger = logging.getLogger("fullpass.maintenance")
 ORPHAN_GRACE_SECONDS = 5.0
 #: Repairs of one import (per generation) before it is failed instead.
 MAX_REPAIRS = 5
+#: How long after its import completed a published pass's staged chunks are
+#: left to the worker that published them.
+STAGING_GRACE_SECONDS = 60.0
 
 
 def scratch_root(settings: Settings) -> Path:
@@ -108,10 +115,28 @@ async def clean_scratch(pool: AsyncConnectionPool[Conn], settings: Settings) -> 
     return removed
 
 
+async def drop_leftover_staging(pool: AsyncConnectionPool[Conn]) -> list[uuid.UUID]:
+    """Drop the staged chunks of complete imports (published: a copy is in
+    conversation_chunks); returns the imports whose rows were dropped."""
+    dropped: list[uuid.UUID] = []
+    async with pool.connection() as conn:
+        leftovers = await (
+            await conn.execute(queries.LEFTOVER_STAGING, {"grace": STAGING_GRACE_SECONDS})
+        ).fetchall()
+        for row in leftovers:
+            params = {"import_id": row["import_id"], "generation": row["generation"]}
+            if (await conn.execute(queries.DROP_PUBLISHED_STAGING, params)).rowcount:
+                dropped.append(row["import_id"])
+    if dropped:
+        logger.info("dropped the staged chunks of %d published import(s)", len(dropped))
+    return dropped
+
+
 async def run_once(pool: AsyncConnectionPool[Conn], settings: Settings) -> None:
     for step in (
         repair_orphans(pool),
         clean_scratch(pool, settings),
+        drop_leftover_staging(pool),
         outbox.housekeeping(pool, settings),
     ):
         try:

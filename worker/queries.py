@@ -422,6 +422,34 @@ DELETE_CHUNKS: LiteralString = """
 DELETE FROM public.import_chunks WHERE import_id = %(import_id)s
 """
 
+#: A published pass's staged chunks (conversation_chunks holds their copy),
+#: dropped after the publish commits: only while the import is still complete
+#: at that generation. A requeue that came first (it locks the import) keeps
+#: them as its staging.
+DROP_PUBLISHED_STAGING: LiteralString = """
+DELETE FROM public.import_chunks c
+ USING (SELECT id FROM public.imports
+         WHERE id = %(import_id)s AND status = 'complete' AND generation = %(generation)s
+           FOR SHARE) AS done
+ WHERE c.import_id = done.id
+"""
+
+#: Complete imports whose staged chunks are still there (the worker that
+#: published them stopped before dropping them). The imports with staged rows
+#: are found by skipping through the staging index, one probe per import.
+LEFTOVER_STAGING: LiteralString = """
+WITH RECURSIVE staged(import_id) AS (
+    (SELECT import_id FROM public.import_chunks ORDER BY import_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT c.import_id FROM public.import_chunks c
+             WHERE c.import_id > s.import_id ORDER BY c.import_id LIMIT 1)
+      FROM staged s WHERE s.import_id IS NOT NULL
+)
+SELECT i.id AS import_id, i.generation
+  FROM staged s JOIN public.imports i ON i.id = s.import_id
+ WHERE i.status = 'complete' AND i.completed_at < now() - make_interval(secs => %(grace)s)
+"""
+
 DELETE_SAVED_FACTS: LiteralString = """
 DELETE FROM public.chunk_saved_facts WHERE import_id = %(import_id)s
 """

@@ -38,6 +38,7 @@ from worker import queries
 from worker.db import Conn
 from worker.errors import StaleJob
 from worker.llm.base import Usage
+from worker.redact import error_text
 
 COPY_BATCH = 512
 
@@ -487,7 +488,26 @@ class Store:
                     {"import_id": fence.import_id, "generation": fence.generation},
                 )
             ).fetchone()
-        return row["stage"] if row else None
+        stage: str | None = row["stage"] if row else None
+        if stage is None and any(isinstance(w, PublishPass) for w in result.writes):
+            await self._drop_published_staging(fence)
+        return stage
+
+    async def _drop_published_staging(self, fence: Fence) -> None:
+        """Drop the staged chunks of a pass just published, outside its transaction
+        (the app need not wait for it); the housekeeping drops what this misses."""
+        try:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    queries.DROP_PUBLISHED_STAGING,
+                    {"import_id": fence.import_id, "generation": fence.generation},
+                )
+        except Exception as exc:
+            logger.warning(
+                "staged chunks of the published pass not dropped (the housekeeping will): %s",
+                error_text(exc),
+                extra={"import_id": str(fence.import_id), "stage": fence.stage},
+            )
 
     async def fan_out(
         self, fence: Fence, pages: Sequence[Sequence[str]], lanes: int, output: StageOutput

@@ -4,6 +4,7 @@ as soon as it exists, JSON sections, small exports, backfills, the profile's sta
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from tests.fakes.fake_anthropic import FakeAnthropicServer
 from tests.fakes.plugin import anthropic_provider
 from tests.gen_export import Options, write_export
 from tests.helpers import drive, import_row, insert_import, progress_row, stage_rows, submit
-from worker import queries, runner
+from worker import maintenance, queries, runner
 from worker.settings import Settings
 from worker.store import Store
 
@@ -93,6 +94,41 @@ async def test_a_requeued_published_pass_stages_its_chunks_again(
     assert import_row(db_dsn, import_id)["status"] == "complete"
     assert published(db_dsn) == before
     assert query(db_dsn, "select count(*) > 0 as ok from chunk_facts") == [{"ok": True}]
+
+
+async def test_staged_chunks_are_dropped_after_the_publish_not_inside_it(
+    deps: runner.Deps,
+    db_dsn: str,
+    pool: AsyncConnectionPool[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Dropping an export's staged chunks is no part of the publish the app
+    waits for: they go once it has committed. A drop that fails leaves them to
+    the housekeeping, and a requeue that comes first reuses them."""
+
+    def staged() -> int:
+        rows = query(db_dsn, "select count(*) as n from import_chunks where import_id = %s", (i,))
+        return int(rows[0]["n"])
+
+    monkeypatch.setattr(queries, "DROP_PUBLISHED_STAGING", "SELECT 1 / 0")
+    i = submit(deps.settings, USER_A)
+    with caplog.at_level(logging.WARNING, logger="fullpass.store"):
+        await drive(deps, db_dsn, i)
+    row = import_row(db_dsn, i)
+    assert row["status"] == "complete"
+    assert published(db_dsn) == {i: row["chunk_count"]}
+    assert staged() == row["chunk_count"]  # the publish itself left them
+    assert "staged chunks of the published pass not dropped" in caplog.text
+
+    monkeypatch.undo()
+    query(db_dsn, "select public.requeue_import(%s, 'extract')", (i,))
+    assert await maintenance.drop_leftover_staging(pool) == []  # no longer complete
+    assert staged() == row["chunk_count"]
+    await drive(deps, db_dsn, i)
+    assert import_row(db_dsn, i)["status"] == "complete"
+    assert published(db_dsn) == {i: row["chunk_count"]}
+    assert staged() == 0
 
 
 @pytest.mark.parametrize(("policy", "kept"), [("auto", True), ("never", True), ("always", False)])

@@ -140,6 +140,57 @@ async def test_scratch_files_of_finished_imports_are_removed(
     assert other.exists()
 
 
+def _staged(dsn: str, user: uuid.UUID, status: str, chunks: int = 3) -> uuid.UUID:
+    """An import of ``status`` with ``chunks`` staged chunks, finished two minutes ago."""
+    import_id = insert_import(dsn, user, f"user-imports/{user}/x.zip")
+    query(
+        dsn,
+        "insert into public.import_chunks (id, import_id, user_id, conversation_id, content,"
+        "                                  chunk_index, chunk_tier, content_hash)"
+        " select gen_random_uuid(), %s, %s, 'c' || g, 'text ' || g, 0, 'medium', md5(g::text)"
+        "   from generate_series(1, %s) g",
+        (import_id, user, chunks),
+    )
+    query(
+        dsn,
+        "update public.imports set status = %s,"
+        " completed_at = case when %s = 'complete' then now() - interval '2 minutes' end"
+        " where id = %s",
+        (status, status, import_id),
+    )
+    return import_id
+
+
+def _staged_count(dsn: str, import_id: uuid.UUID) -> int:
+    rows = query(
+        dsn, "select count(*) as n from public.import_chunks where import_id = %s", (import_id,)
+    )
+    return int(rows[0]["n"])
+
+
+async def test_staged_chunks_left_after_a_publish_are_dropped(db_dsn: str) -> None:
+    """A worker drops a pass's staged chunks once it has published them; if it
+    stopped in between, the housekeeping drops them. The staged chunks of a
+    failed pass (kept for its requeue) or of one still running are left alone."""
+    left = _staged(db_dsn, USER_A, "complete", chunks=5)
+    failed = _staged(db_dsn, USER_B, "failed")
+    running = _staged(db_dsn, uuid.uuid4(), "processing")
+    just_done = _staged(db_dsn, uuid.uuid4(), "complete")
+    query(db_dsn, "update public.imports set completed_at = now() where id = %s", (just_done,))
+    pool = make_pool(db_dsn, max_size=2)
+    await pool.open()
+    try:
+        assert await maintenance.drop_leftover_staging(pool) == [left]
+        assert await maintenance.drop_leftover_staging(pool) == []
+    finally:
+        await pool.close()
+    assert _staged_count(db_dsn, left) == 0
+    # Left to the worker that published it, for a minute.
+    assert _staged_count(db_dsn, just_done) == 3
+    assert _staged_count(db_dsn, failed) == 3
+    assert _staged_count(db_dsn, running) == 3
+
+
 async def test_a_failed_import_leaves_no_scratch_files(settings: Settings, db_dsn: str) -> None:
     storage_path = f"user-imports/{USER_A}/broken.json"
     target = settings.resolved_storage_dir / storage_path
