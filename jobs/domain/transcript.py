@@ -115,7 +115,8 @@ def condense_transcript(
     ``enough`` (0: all) stops at the first turn boundary where at least that
     many characters of the result are settled, and returns them: a prefix of
     the whole result, at least ``enough`` long (for a caller that keeps only
-    the head of a long conversation).
+    the head of a long conversation; ``seen`` then learns only the pastes of
+    the turns read).
     """
     out: list[str] = []
     speaker: Speaker | None = None
