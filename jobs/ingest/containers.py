@@ -35,7 +35,8 @@ RATIO_SLACK_BYTES = 1024 * 1024
 LISTED_NAMES = 8
 
 _SHARD = re.compile(r"conversations-(\d+)\.json", re.IGNORECASE)
-_MAIN = "conversations.json"
+#: The member that holds every conversation: JSON, or JSON Lines (one conversation a line).
+_MAINS = ("conversations.json", "conversations.jsonl")
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _GZIP_MAGIC = b"\x1f\x8b"
 #: Archive types people upload by mistake, named so the error says what was found.
@@ -217,8 +218,8 @@ def _zip_streams(path: Path, limits: Limits, budget: _Budget) -> Iterator[Guarde
             shown = ", ".join(names[:LISTED_NAMES]) or "nothing"
             more = f" and {len(names) - LISTED_NAMES} more" if len(names) > LISTED_NAMES else ""
             raise BadInput(
-                f"{path.name}: ZIP holds no conversations.json (or conversations-NNN.json); "
-                f"found {shown}{more}"
+                f"{path.name}: ZIP holds no conversations.json (or conversations.jsonl, "
+                f"conversations-NNN.json); found {shown}{more}"
             )
         _check_declared_sizes(path, chosen, limits)
         for info in chosen:
@@ -259,8 +260,9 @@ def _check_member_name(path: Path, name: str) -> None:
 def select_conversation_members(infos: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
     """The members holding conversations, in reading order.
 
-    ``conversations.json`` wins when present (the shallowest one, in case the
-    export was re-zipped inside a folder); otherwise the ``conversations-NNN.json``
+    ``conversations.json`` (or ``conversations.jsonl``, one conversation a line)
+    wins when present (the shallowest one, in case the export was re-zipped
+    inside a folder; ``.json`` before ``.jsonl``); otherwise the ``conversations-NNN.json``
     shards of the shallowest folder that has them, in numeric order. macOS
     resource forks (``__MACOSX/``) are ignored.
     """
@@ -269,9 +271,13 @@ def select_conversation_members(infos: list[zipfile.ZipInfo]) -> list[zipfile.Zi
     def depth(i: zipfile.ZipInfo) -> int:
         return i.filename.count("/")
 
-    mains = [i for i in files if posixpath.basename(i.filename).lower() == _MAIN]
+    def main_rank(i: zipfile.ZipInfo) -> int:
+        name = posixpath.basename(i.filename).lower()
+        return _MAINS.index(name) if name in _MAINS else -1
+
+    mains = [i for i in files if main_rank(i) >= 0]
     if mains:
-        return [min(mains, key=lambda i: (depth(i), i.filename))]
+        return [min(mains, key=lambda i: (depth(i), main_rank(i), i.filename))]
     shards: list[tuple[int, zipfile.ZipInfo]] = []
     for info in files:
         match = _SHARD.fullmatch(posixpath.basename(info.filename))

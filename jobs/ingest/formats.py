@@ -296,7 +296,10 @@ def iter_conversations(source: GuardedStream, stats: ReadStats) -> Iterator[Conv
         if key == "conversations" and match is not None and match.group(2) == b"[":
             items = BACKEND.items(reader, "conversations.item", use_float=True, buf_size=READ_SIZE)
         elif key in _CONVERSATION_KEYS:
-            items = BACKEND.items(reader, "", use_float=True, buf_size=READ_SIZE)
+            # One conversation, or several one after the other (JSON Lines).
+            items = BACKEND.items(
+                reader, "", use_float=True, buf_size=READ_SIZE, multiple_values=True
+            )
         else:
             keyed = True
             items = BACKEND.items(_recording_top_keys(reader, top_keys), "conversations.item")

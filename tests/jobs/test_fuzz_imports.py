@@ -807,7 +807,16 @@ def build_cases(base: Base, rng: random.Random) -> list[Case]:
     )
     add("odd_json", "trailing garbage", raw_simple + b" garbage", "failed", pattern=r"invalid JSON")
     lines = b"\n".join(dumps(c) for c in simple)
-    add("odd_json", "JSON lines", lines, "failed", pattern=r"invalid JSON")
+    add("odd_json", "JSON lines", lines, "complete", min_conversations=len(simple))
+    add(
+        "odd_json",
+        "JSON lines as conversations.jsonl in a ZIP",
+        zip_of({"export/conversations.jsonl": b"\r\n".join(dumps(c) for c in claude)}),
+        "complete",
+        min_conversations=len(claude),
+    )
+    add("odd_json", "JSON lines, last cut", lines[:-7], "failed", pattern=TRUNCATED)
+    add("odd_json", "JSON lines, then garbage", lines + b"\n]", "failed", pattern=r"invalid JSON")
     add("odd_json", "trailing comma", dumps(simple)[:-1] + b",]", "failed", pattern=r"invalid JSON")
     add(
         "odd_json",

@@ -113,6 +113,16 @@ def test_conversations_json_wins_over_shards_and_nesting_is_found(tmp_path: Path
     assert drain(path) == {"e.zip:export/conversations.json": DOC}
 
 
+def test_zip_with_json_lines_of_conversations_is_read(tmp_path: Path) -> None:
+    lines = DOC[1:-1] + b"\n" + DOC[1:-1] + b"\n"
+    path = write_zip(tmp_path / "e.zip", {"export/conversations.jsonl": lines, "user.json": b"{}"})
+    assert drain(path) == {"e.zip:export/conversations.jsonl": lines}
+    both = write_zip(
+        tmp_path / "both.zip", {"conversations.jsonl": lines, "conversations.json": DOC}
+    )
+    assert drain(both) == {"both.zip:conversations.json": DOC}
+
+
 def test_zip_without_conversations_lists_what_it_found(tmp_path: Path) -> None:
     path = write_zip(tmp_path / "e.zip", {"user.json": b"{}", "chat.html": b"<html/>"})
     with pytest.raises(BadInput, match=r"no conversations\.json.*user\.json, chat\.html"):

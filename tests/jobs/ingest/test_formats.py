@@ -418,6 +418,35 @@ def test_single_conversation_object() -> None:
     assert [c.id for c in convs] == ["solo"]
 
 
+def test_json_lines_of_conversations_are_read() -> None:
+    """One conversation object per line (JSON Lines), or objects one after the other."""
+    lines = [
+        gpt_conversation([gpt_message("user", "I live in Lisbon")], conv_id="g1"),
+        {"uuid": "c1", "name": "n", "chat_messages": [{"sender": "human", "text": "hi"}]},
+        {"id": "s1", "messages": [{"role": "user", "content": "x"}]},
+    ]
+    for sep in (b"\n", b"\r\n", b"\n\n", b" "):
+        convs, stats = parse_bytes(sep.join(json.dumps(x).encode() for x in lines) + b"\n")
+        assert [c.id for c in convs] == ["g1", "c1", "s1"], sep
+        assert stats.entries == 3
+
+
+def test_json_lines_cut_short_say_how_far_they_got() -> None:
+    line = json.dumps({"id": "a", "messages": [{"role": "user", "content": "x"}]}).encode()
+    with pytest.raises(BadInput, match="after 2 conversations"):
+        parse_bytes(line + b"\n" + line + b"\n" + line[:20])
+    with pytest.raises(BadInput, match="after 1 conversations"):
+        parse_bytes(line + b"\n}")
+
+
+def test_a_json_line_that_is_no_conversation_is_skipped_with_a_note() -> None:
+    line = json.dumps({"id": "a", "messages": [{"role": "user", "content": "x"}]}).encode()
+    convs, stats = parse_bytes(line + b"\n[1, 2]\n" + line.replace(b'"a"', b'"b"'))
+    assert [c.id for c in convs] == ["a", "b"]
+    assert stats.skipped_conversations == 1
+    assert any("#1" in p and "not an object" in p for p in stats.problems)
+
+
 def test_bom_and_leading_whitespace_are_accepted() -> None:
     data = (
         b"\xef\xbb\xbf \n\t"
