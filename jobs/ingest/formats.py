@@ -908,16 +908,29 @@ def _simplified_messages(item: dict[str, Any], stats: ReadStats) -> list[Message
         if not isinstance(raw, dict):
             stats.skip("malformed_message")
             continue
-        role = _SIMPLE_ROLES.get(raw.get("role"))
+        speaker = _simple_speaker(raw)
+        role = _SIMPLE_ROLES.get(speaker)
         if role is None:
-            kind = raw.get("role")
-            stats.skip(f"{kind}_message" if kind in ("system", "tool") else "unknown_role")
+            stats.skip(f"{speaker}_message" if speaker in ("system", "tool") else "unknown_role")
             continue
         when = _first_time(raw, ("create_time", "created_at", "timestamp", "time"), stats)
-        message = _message(role, _simple_text(raw.get("content"), stats), when, "text", stats)
+        content = raw["content"] if "content" in raw else raw.get("text")
+        message = _message(role, _simple_text(content, stats), when, "text", stats)
         if message is not None:
             out.append(message)
     return out
+
+
+def _simple_speaker(raw: dict[str, Any]) -> str | None:
+    """Who speaks, lower-cased: ``role``, else ``author`` (a name or ``{"role": ...}``),
+    else ``sender``, as the tools that write such files name it."""
+    for key in ("role", "author", "sender"):
+        value = raw.get(key)
+        if isinstance(value, dict):
+            value = value.get("role")
+        if isinstance(value, str):
+            return value.strip().lower()
+    return None
 
 
 def _simple_text(content: object, stats: ReadStats) -> str:

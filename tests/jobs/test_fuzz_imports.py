@@ -79,7 +79,7 @@ class Case:
     storage: Storage = "file"
     #: For ``complete``: at least this many conversations kept ...
     min_conversations: int = 1
-    #: ... at least this many skipped whole (planted entry-level garbage) ...
+    #: ... at least this many entries that gave no conversation (planted garbage) ...
     min_skipped_conversations: int = 0
     #: ... and these skip reasons counted at least once.
     skipped_items: tuple[str, ...] = ()
@@ -177,7 +177,8 @@ def canonical_user_node(conv: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def entry_garbage(rng: random.Random) -> object:
-    """An entry that can never be a conversation (always counted as a skipped conversation)."""
+    """An entry that can never be a conversation (counted as skipped, or as empty when
+    no message in it can be read)."""
     choices: list[Callable[[], object]] = [
         lambda: rng.randint(-(10**12), 10**12),
         lambda: rng.random() * 1e6,
@@ -966,7 +967,10 @@ def check(case: Case, row: dict[str, Any], stage: dict[str, Any] | None) -> str 
         return None
     output: dict[str, Any] = ((stage or {}).get("output") or {}).get("stats") or {}
     skipped_items: dict[str, int] = output.get("skipped_items") or {}
-    skipped_conversations = int(output.get("skipped_conversations") or 0)
+    # Entries that gave no conversation: refused whole, or without one readable message.
+    skipped_conversations = int(output.get("skipped_conversations") or 0) + int(
+        skipped_items.get("empty_conversation") or 0
+    )
     if (row["conversation_count"] or 0) < case.min_conversations:
         return (
             f"kept {row['conversation_count']} conversations, expected ≥ {case.min_conversations}"

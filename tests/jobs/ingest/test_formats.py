@@ -324,6 +324,33 @@ def test_simplified_content_shapes() -> None:
     assert stats.skipped_items == {"system_message": 1, "non_text_part": 1, "empty_message": 1}
 
 
+def test_simplified_speakers_are_read_whatever_their_case_or_field() -> None:
+    conv, stats = one(
+        {
+            "id": "s",
+            "messages": [
+                {"role": "User", "content": "capitalised"},
+                {"role": "ASSISTANT", "content": "shouted"},
+                {"author": "user", "text": "author and text"},
+                {"author": {"role": "assistant"}, "content": "author object"},
+                {"sender": "human", "content": "sender"},
+                {"role": " Model ", "content": "padded"},
+                {"role": "System", "content": "a system prompt"},
+                {"role": "narrator", "content": "nobody"},
+            ],
+        }
+    )
+    assert texts(conv) == [
+        ("user", "text", "capitalised"),
+        ("assistant", "text", "shouted"),
+        ("user", "text", "author and text"),
+        ("assistant", "text", "author object"),
+        ("user", "text", "sender"),
+        ("assistant", "text", "padded"),
+    ]
+    assert stats.skipped_items == {"system_message": 1, "unknown_role": 1}
+
+
 def test_missing_ids_are_deterministic_ordinals() -> None:
     entry = {"messages": [{"role": "user", "content": "x"}]}
     convs, _ = parse([entry, entry])
