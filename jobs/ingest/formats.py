@@ -264,7 +264,12 @@ def _json_error(exc: Exception) -> str:
     return first.rstrip(".")
 
 
-def _value_kind(first: int) -> str:
+def _value_kind(head: bytes) -> str:
+    first = head[0]
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive (a ZIP inside gzip or ZIP? upload the export's own ZIP)"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip data (compressed twice? upload the export once compressed)"
     if first in b"-0123456789":
         return "a number"
     if first == ord('"'):
@@ -305,7 +310,7 @@ def iter_conversations(source: GuardedStream, stats: ReadStats) -> Iterator[Conv
             items = BACKEND.items(_recording_top_keys(reader, top_keys), "conversations.item")
     else:
         raise BadInput(
-            f"{source.name}: top-level JSON value is {_value_kind(first)}; "
+            f"{source.name}: top-level JSON value is {_value_kind(head)}; "
             f"expected a list of conversations"
         )
     read_here = 0

@@ -496,6 +496,8 @@ def test_bom_and_leading_whitespace_are_accepted() -> None:
         (b"<html></html>", "HTML"),
         (b"\xff\xfe[\x00]\x00", "UTF-16"),
         (b"\x00\x01", "not JSON"),
+        (b"PK\x03\x04\x14\x00", r"a ZIP archive \(a ZIP inside gzip or ZIP\?"),
+        (b"\x1f\x8b\x08\x00", r"gzip data \(compressed twice\?"),
     ],
 )
 def test_wrong_top_level_is_bad_input(data: bytes, message: str) -> None:
