@@ -919,7 +919,9 @@ def _simplified_messages(item: dict[str, Any], stats: ReadStats) -> list[Message
             stats.skip(f"{speaker}_message" if speaker in ("system", "tool") else "unknown_role")
             continue
         when = _first_time(raw, ("create_time", "created_at", "timestamp", "time"), stats)
-        content = raw["content"] if "content" in raw else raw.get("text")
+        content = raw.get("content")
+        if content is None:
+            content = raw.get("text")
         message = _message(role, _simple_text(content, stats), when, "text", stats)
         if message is not None:
             out.append(message)
